@@ -84,3 +84,19 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.fail(f"The shared data folder {SHARED_DATA} is missing: clone the project next to shared/.")
     return SHARED_DATA
+
+
+@pytest.fixture
+def cpu_train_kwargs(tmp_path):
+    """TrainingArguments fields for fast, deterministic CPU training runs in tests."""
+    return {
+        "output_dir": str(tmp_path / "out"),
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "gradient_checkpointing": False,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "seed": 0,
+    }

@@ -2,7 +2,23 @@
 
 __version__ = "0.1.0"
 
+from .erprm_config import ERPRMConfig
+from .erprm_trainer import ERPRMDataCollator, ERPRMTrainer, compute_soft_metrics
 from .functional import ETA_ALIASES, STEP_AGGREGATIONS, aggregate_steps, er_label, resolve_eta
+from .prm import TRL_HAS_PRM, PRMConfig, PRMTrainer
 
 
-__all__ = ["ETA_ALIASES", "STEP_AGGREGATIONS", "aggregate_steps", "er_label", "resolve_eta"]
+__all__ = [
+    "ETA_ALIASES",
+    "STEP_AGGREGATIONS",
+    "TRL_HAS_PRM",
+    "ERPRMConfig",
+    "ERPRMDataCollator",
+    "ERPRMTrainer",
+    "PRMConfig",
+    "PRMTrainer",
+    "aggregate_steps",
+    "compute_soft_metrics",
+    "er_label",
+    "resolve_eta",
+]

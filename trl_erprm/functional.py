@@ -368,7 +368,9 @@ def implicit_prm_ce_loss(log_ratio: torch.Tensor, labels: torch.Tensor, beta: fl
     return F.binary_cross_entropy_with_logits(beta * log_ratio, labels.to(log_ratio.dtype), reduction="none")
 
 
-def implicit_prm_dpo_loss(chosen_log_ratio: torch.Tensor, rejected_log_ratio: torch.Tensor, beta: float) -> torch.Tensor:
+def implicit_prm_dpo_loss(
+    chosen_log_ratio: torch.Tensor, rejected_log_ratio: torch.Tensor, beta: float
+) -> torch.Tensor:
     """DPO loss of an implicit PRM on (correct, incorrect) pairs: `-log sigmoid(beta * (lr_w - lr_l))`.
 
     Args:

@@ -1,0 +1,125 @@
+# accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml examples/erprm_train.py --model_name_or_path Qwen/Qwen2.5-Math-1.5B --dataset_name my-org/erprm-labels --output_dir Qwen2.5-Math-1.5B-ER-PRM --eta 2.0
+"""Train an ER-PRM (a token-classification process reward model) on soft step labels with ERPRMTrainer.
+
+The dataset is TRL's stepwise supervision (`prompt`, `completions`, `labels` in [0, 1]), or the output of
+`trl-erprm label` with `step_outcomes`, in which case `--eta` picks the label at batch time (0 soft, inf hard).
+
+Full fine-tuning on 8 GPUs with DeepSpeed ZeRO-2 (the paper's setup):
+
+    accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml examples/erprm_train.py \
+        --model_name_or_path Qwen/Qwen2.5-Math-1.5B --dataset_name my-org/erprm-labels \
+        --output_dir Qwen2.5-Math-1.5B-ER-PRM --eta 2.0 --learning_rate 5e-7 --num_train_epochs 1 \
+        --lr_scheduler_type cosine --per_device_train_batch_size 8 --push_to_hub
+
+LoRA on one GPU, 4-bit (QLoRA):
+
+    accelerate launch examples/erprm_train.py --model_name_or_path Qwen/Qwen2.5-Math-1.5B \
+        --dataset_name my-org/erprm-labels --output_dir erprm-lora --use_peft --lora_task_type TOKEN_CLS \
+        --load_in_4bit --learning_rate 1e-4
+
+On a CPU with a local model folder and a local jsonl file:
+
+    accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/erprm_train.py \
+        --model_name_or_path path/to/model --dataset_name labels.jsonl --output_dir erprm-cpu \
+        --max_steps 10 --bf16 False --gradient_checkpointing False --report_to none
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import PartialState
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
+
+from trl_erprm import ERPRMConfig, ERPRMTrainer
+from trl_erprm.data import load_any_dataset
+
+
+@dataclass
+class ScriptArguments:
+    """Arguments of the ER-PRM training script.
+
+    Args:
+        dataset_name (`str`):
+            Hub id, local data file (`.jsonl`, `.json`, `.parquet`) or `save_to_disk` folder of stepwise rows.
+        dataset_config (`str`, *optional*):
+            Dataset configuration name.
+        dataset_train_split (`str`, *optional*, defaults to `"train"`):
+            Split to train on.
+        dataset_test_split (`str`, *optional*):
+            Split to evaluate on, if any.
+        eval_fraction (`float`, *optional*, defaults to `0.0`):
+            Fraction of the training split held out for evaluation when there is no test split.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow custom modelling code from the model repository. Only for models you trust.
+    """
+
+    dataset_name: str = field(metadata={"help": "Hub id, local data file or save_to_disk folder."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(default=None, metadata={"help": "Split to evaluate on."})
+    eval_fraction: float = field(default=0.0, metadata={"help": "Held-out fraction when there is no test split."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the repo."})
+
+
+def main(script_args: ScriptArguments, training_args: ERPRMConfig, model_args: ModelConfig) -> None:
+    """Load the model and data, train, save, and optionally push to the Hub."""
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    quantization_config = get_quantization_config(model_args)
+    model_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": script_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": dtype,
+        "num_labels": 2,
+        "use_safetensors": True,
+    }
+    if quantization_config is not None:
+        model_kwargs["quantization_config"] = quantization_config
+        model_kwargs["device_map"] = {"": PartialState().local_process_index}
+    model = AutoModelForTokenClassification.from_pretrained(model_args.model_name_or_path, **model_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, trust_remote_code=script_args.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    if model_args.use_peft and model_args.lora_task_type != "TOKEN_CLS":
+        model_args.lora_task_type = "TOKEN_CLS"  # a PRM is a token classifier; a causal-LM adapter would not fit
+    peft_config = get_peft_config(model_args)
+
+    train_dataset = load_any_dataset(
+        script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split
+    )
+    eval_dataset = None
+    if script_args.dataset_test_split is not None:
+        eval_dataset = load_any_dataset(
+            script_args.dataset_name, script_args.dataset_config, script_args.dataset_test_split
+        )
+    elif script_args.eval_fraction > 0:
+        split = train_dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
+        train_dataset, eval_dataset = split["train"], split["test"]
+    if eval_dataset is None:
+        training_args.eval_strategy = "no"
+
+    trainer = ERPRMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train()
+    if eval_dataset is not None:
+        trainer.log_metrics("eval", trainer.evaluate())
+    trainer.save_model(training_args.output_dir)
+    trainer.create_model_card(dataset_name=script_args.dataset_name)  # README.md with tags and the ER-PRM citation
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+
+
+if __name__ == "__main__":
+    parser = TrlParser((ScriptArguments, ERPRMConfig, ModelConfig))
+    main(*parser.parse_args_and_config())

@@ -1,0 +1,542 @@
+"""[`ERPRMTrainer`]: a PRMTrainer that trains on soft, entropy-regularized step labels (ER-PRM, arXiv:2412.11006).
+
+TRL's PRMTrainer turns soft labels into 0 in three places (`int(label)` in `tokenize_row`, `int64` dataset features,
+`DataCollatorForTokenClassification`'s int64 tensors) and scores them with an argmax accuracy. This trainer keeps
+labels as floats end to end, trains with the two-class soft cross-entropy of `functional.soft_cross_entropy`, reports
+metrics that mean something for soft labels, and can compute labels at batch time from stored rollout outcomes.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Callable, Sequence
+from numbers import Real
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from accelerate import PartialState
+from datasets import Dataset, features
+from transformers import (
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    DataCollator,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+)
+from transformers.trainer_utils import EvalPrediction
+from transformers.utils import logging
+
+from .erprm_config import ERPRMConfig
+from .functional import er_label, resolve_eta, soft_cross_entropy
+from .prm import PRMTrainer, tokenize_stepwise_row
+
+
+logger = logging.get_logger(__name__)
+
+ER_PRM_PAPER = {
+    "title": "Entropy-Regularized Process Reward Model",
+    "id": "2412.11006",
+    "citation": textwrap.dedent("""\
+        @misc{zhang2024entropyregularizedprocessrewardmodel,
+            title        = {{Entropy-Regularized Process Reward Model}},
+            author       = {Hanning Zhang and Pengcheng Wang and Shizhe Diao and Yong Lin and Rui Pan and Hanze Dong and Dylan Zhang and Pavlo Molchanov and Tong Zhang},
+            year         = 2024,
+            eprint       = {2412.11006},
+            archivePrefix= {arXiv},
+            primaryClass = {cs.LG}
+        }"""),
+}
+
+
+def _is_blank(text: str, separator: str) -> bool:
+    stripped = text.strip()
+    if separator.strip():
+        stripped = stripped.replace(separator.strip(), "").strip()
+    return not stripped
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (Real, np.number)) and not isinstance(value, complex)
+
+
+def validate_stepwise_dataset(
+    dataset: Dataset, step_separator: str, outcomes_column: str = "step_outcomes", name: str = "train"
+) -> None:
+    """Check every stepwise-supervision row before training, raising a `ValueError` that names the row, the field and
+    the fix.
+
+    A valid row has a non-empty string `prompt`, a non-empty list of non-blank string steps in `completions`, and
+    `labels` (one real number in [0, 1] per step) and/or `outcomes_column` (one non-empty list of finite rewards per
+    step). A prompt or step made only of whitespace and the separator is rejected.
+
+    Args:
+        dataset ([`~datasets.Dataset`]):
+            The rows to check.
+        step_separator (`str`):
+            The step separator of the trainer's config.
+        outcomes_column (`str`, *optional*, defaults to `"step_outcomes"`):
+            Name of the rollout-outcomes column.
+        name (`str`, *optional*, defaults to `"train"`):
+            Name of the dataset in error messages.
+    """
+    columns = dataset.column_names
+    missing = [c for c in ("prompt", "completions") if c not in columns]
+    if missing:
+        raise ValueError(
+            f"The {name} dataset has no {missing} column(s) (columns: {columns}). ERPRMTrainer needs stepwise "
+            "supervision rows: {'prompt': str, 'completions': [step, ...], 'labels': [float in [0, 1] per step]}."
+        )
+    has_labels, has_outcomes = "labels" in columns, outcomes_column in columns
+    if not (has_labels or has_outcomes):
+        raise ValueError(
+            f"The {name} dataset has neither a 'labels' nor a '{outcomes_column}' column: give one label in [0, 1] per "
+            "step, or the rollout outcomes of each step (see ERPRMLabeler)."
+        )
+    wanted = (
+        ["prompt", "completions"] + (["labels"] if has_labels else []) + ([outcomes_column] if has_outcomes else [])
+    )
+    for i, row in enumerate(dataset.select_columns(wanted)):
+        where = f"{name} dataset row {i}"
+        prompt, steps = row["prompt"], row["completions"]
+        if not isinstance(prompt, str):
+            raise ValueError(f"{where}: field 'prompt' must be a string, got {type(prompt).__name__}.")
+        if _is_blank(prompt, step_separator):
+            raise ValueError(f"{where}: field 'prompt' is empty or only the step separator; give the problem text.")
+        if not isinstance(steps, list) or not steps:
+            raise ValueError(f"{where}: field 'completions' must be a non-empty list of steps, got {steps!r}.")
+        for k, step in enumerate(steps):
+            if not isinstance(step, str):
+                raise ValueError(
+                    f"{where}: field 'completions' step {k} is a {type(step).__name__}, not a string. Steps are text."
+                )
+            if _is_blank(step, step_separator):
+                raise ValueError(
+                    f"{where}: field 'completions' step {k} is empty or only the separator {step_separator!r}; drop "
+                    "it or merge it into its neighbour (the trainer appends the separator to each step itself)."
+                )
+        if has_labels:
+            labels = row["labels"]
+            if not isinstance(labels, list) or len(labels) != len(steps):
+                count = len(labels) if isinstance(labels, list) else labels
+                raise ValueError(
+                    f"{where}: field 'labels' has {count} entries but 'completions' has {len(steps)} steps; give "
+                    "exactly one label per step."
+                )
+            for k, label in enumerate(labels):
+                if not _is_real(label) or math.isnan(float(label)) or not 0.0 <= float(label) <= 1.0:
+                    raise ValueError(
+                        f"{where}: field 'labels' step {k} is {label!r}; labels must be real numbers in [0, 1] "
+                        "(1 = the step is good). Rescale the labels or fix the row."
+                    )
+        if has_outcomes:
+            outcomes = row[outcomes_column]
+            if not isinstance(outcomes, list) or len(outcomes) != len(steps):
+                raise ValueError(
+                    f"{where}: field '{outcomes_column}' must hold one list of rollout rewards per step "
+                    f"({len(steps)} steps), got {outcomes!r:.80}."
+                )
+            for k, rewards in enumerate(outcomes):
+                if not isinstance(rewards, list) or not rewards:
+                    raise ValueError(
+                        f"{where}: field '{outcomes_column}' step {k} has no rollout reward; every step needs at least "
+                        "one graded rollout (re-run the labeler for this row or drop it)."
+                    )
+                if any(not _is_real(r) or not math.isfinite(float(r)) for r in rewards):
+                    raise ValueError(
+                        f"{where}: field '{outcomes_column}' step {k} holds a non-finite or non-numeric reward "
+                        f"{rewards!r:.80}; grade every rollout to a real number."
+                    )
+
+
+def _er_labels_for_rows(outcomes_per_row: Sequence[Sequence[Sequence[float]]], eta: float) -> list[list[float]]:
+    """One `er_label` call for all steps of all rows, padding ragged rollout counts with a mask."""
+    steps = [rewards for row in outcomes_per_row for rewards in row]
+    if not steps:
+        return [[] for _ in outcomes_per_row]
+    width = max(len(rewards) for rewards in steps)
+    values = torch.zeros(len(steps), width, dtype=torch.float64)
+    mask = torch.zeros(len(steps), width, dtype=torch.bool)
+    for i, rewards in enumerate(steps):
+        values[i, : len(rewards)] = torch.as_tensor(rewards, dtype=torch.float64)
+        mask[i, : len(rewards)] = True
+    flat = er_label(values, eta, mask=mask).tolist()
+    out, start = [], 0
+    for row in outcomes_per_row:
+        out.append(flat[start : start + len(row)])
+        start += len(row)
+    return out
+
+
+class ERPRMDataCollator:
+    """Pads tokenized stepwise rows into float-label batches, optionally computing the labels at batch time.
+
+    Labels stay floats (padding `-100`), so soft labels reach the loss unchanged. When `eta` is set, the labels of
+    every row are recomputed as `er_label(step_outcomes, eta)` from its stored rollout outcomes: the same rollouts
+    can then be trained with soft (`eta=0`), hard (`eta=inf`) or any ER label without new rollouts.
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Tokenizer whose `pad_token_id` pads `input_ids` (on the right).
+        eta (`float`, `str` or `None`, *optional*, defaults to `None`):
+            Entropy-regularization coefficient (or `"soft"` / `"hard"` / `"pessimistic"`); `None` keeps the
+            tokenized labels.
+        outcomes_column (`str`, *optional*, defaults to `"step_outcomes"`):
+            Feature holding the rollout rewards of each labelled step, in the order of the labelled positions.
+        pad_to_multiple_of (`int` or `None`, *optional*, defaults to `None`):
+            Pad the sequence length to a multiple of this value.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        eta: float | str | None = None,
+        outcomes_column: str = "step_outcomes",
+        pad_to_multiple_of: int | None = None,
+    ):
+        if tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token: set `tokenizer.pad_token = tokenizer.eos_token`.")
+        self.tokenizer = tokenizer
+        self.eta = None if eta is None else resolve_eta(eta)
+        self.outcomes_column = outcomes_column
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Collate a list of tokenized rows (`input_ids`, `labels`, optionally the outcomes column) into tensors.
+
+        Args:
+            features (`list[dict[str, Any]]`):
+                Tokenized rows.
+
+        Returns:
+            `dict[str, torch.Tensor]`: `input_ids` and `attention_mask` `(batch, seq_len)` long, `labels`
+            `(batch, seq_len)` float32 with `-100` where unlabelled.
+        """
+        labels = [list(map(float, f["labels"])) for f in features]
+        if self.eta is not None:
+            if any(self.outcomes_column not in f for f in features):
+                raise ValueError(
+                    f"ERPRMDataCollator(eta={self.eta}) needs the '{self.outcomes_column}' feature in every row; keep "
+                    "that column in the dataset (and `remove_unused_columns` cannot drop it under ERPRMTrainer)."
+                )
+            new = _er_labels_for_rows([f[self.outcomes_column] for f in features], self.eta)
+            for i, (row_labels, row_new) in enumerate(zip(labels, new)):
+                positions = [t for t, v in enumerate(row_labels) if v != -100]
+                if len(positions) != len(row_new):
+                    raise ValueError(
+                        f"Batch row {i} has {len(positions)} labelled positions but {len(row_new)} outcome lists; "
+                        "the dataset was not tokenized by ERPRMTrainer (re-tokenize it from stepwise rows)."
+                    )
+                for t, v in zip(positions, row_new):
+                    row_labels[t] = v
+        length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = len(features)
+        input_ids = torch.full((batch, length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        label_tensor = torch.full((batch, length), -100.0, dtype=torch.float32)
+        for i, (f, row_labels) in enumerate(zip(features, labels)):
+            n = len(f["input_ids"])
+            input_ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            attention_mask[i, :n] = 1
+            label_tensor[i, :n] = torch.as_tensor(row_labels, dtype=torch.float32)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_tensor}
+
+
+def compute_soft_metrics(eval_pred: EvalPrediction, threshold: float = 0.5) -> dict[str, float]:
+    """Metrics of a PRM against soft step labels, over the labelled positions.
+
+    - `accuracy`: agreement of `p >= threshold` with `label >= threshold` (the rounded label);
+    - `precision` / `recall` / `f1` of the "good step" decision against the rounded label;
+    - `mae`: mean absolute error `|p - label|`; `brier`: mean squared error `(p - label)^2`;
+    - `label_mean` / `prob_mean`: how optimistic the labels and the model are.
+
+    Here `p = softmax(logits)[..., 1]` is the predicted probability that the step is good.
+
+    Args:
+        eval_pred ([`~transformers.trainer_utils.EvalPrediction`]):
+            Predictions (logits `(batch, seq_len, 2)` or probabilities `(batch, seq_len)`) and labels
+            `(batch, seq_len)` with `-100` where unlabelled.
+        threshold (`float`, *optional*, defaults to `0.5`):
+            Decision threshold on labels and probabilities.
+
+    Returns:
+        `dict[str, float]`: The metrics above.
+    """
+    predictions, labels = np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids, dtype=np.float64)
+    if isinstance(eval_pred.predictions, tuple):
+        predictions = np.asarray(eval_pred.predictions[0])
+    if predictions.ndim == labels.ndim + 1:
+        logits = predictions.astype(np.float64)
+        logits = logits - logits.max(-1, keepdims=True)
+        probs = np.exp(logits[..., 1]) / np.exp(logits).sum(-1)
+    else:
+        probs = predictions.astype(np.float64)
+    keep = labels != -100
+    p, v = probs[keep], labels[keep]
+    if p.size == 0:
+        return {"accuracy": float("nan"), "mae": float("nan"), "brier": float("nan")}
+    pred_good, label_good = p >= threshold, v >= threshold
+    tp = float(np.sum(pred_good & label_good))
+    precision = tp / max(float(pred_good.sum()), 1.0)
+    recall = tp / max(float(label_good.sum()), 1.0)
+    return {
+        "accuracy": float(np.mean(pred_good == label_good)),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "mae": float(np.mean(np.abs(p - v))),
+        "brier": float(np.mean((p - v) ** 2)),
+        "label_mean": float(np.mean(v)),
+        "prob_mean": float(np.mean(p)),
+    }
+
+
+class ERPRMTrainer(PRMTrainer):
+    """Trainer for ER-PRM: a token-classification PRM trained on soft step labels.
+
+    A subclass of TRL's `PRMTrainer` wherever TRL has one (TRL <= 1.13) and of trl-erprm's drop-in otherwise, with the
+    same arguments. Datasets use TRL's stepwise-supervision format, with float labels in [0, 1]
+    (`{"prompt": str, "completions": [step, ...], "labels": [0.7, 0.25, ...]}`), or with the rollout outcomes of each
+    step (`step_outcomes`, from [`ERPRMLabeler`]) and `args.eta`, in which case labels are computed at batch time.
+    Each step's label sits on the last token of step + `step_separator`; the loss is the two-class soft
+    cross-entropy against `[1 - v, v]`, averaged over labelled tokens.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`], `torch.nn.Module` or `str`):
+            The model to train (an `AutoModelForTokenClassification` with 2 labels), or a path / Hub id loaded with
+            `AutoModelForTokenClassification.from_pretrained(model, num_labels=2, use_safetensors=True,
+            **args.model_init_kwargs)`.
+        args ([`ERPRMConfig`], *optional*):
+            Training arguments. Defaults to `ERPRMConfig(output_dir="erprm-output")`.
+        data_collator ([`~transformers.DataCollator`], *optional*):
+            Defaults to [`ERPRMDataCollator`] (float labels; labels from outcomes when `args.eta` is set).
+        train_dataset ([`~datasets.Dataset`]):
+            Stepwise rows, validated before training (see [`validate_stepwise_dataset`]).
+        eval_dataset ([`~datasets.Dataset`] or `dict[str, Dataset]`, *optional*):
+            Evaluation rows, tokenized like the training rows (every step labelled).
+        processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            The tokenizer. Loaded from `model` when `model` is a path.
+        model_init (`Callable[[], PreTrainedModel]`, *optional*):
+            Model initializer, as in [`~transformers.Trainer`].
+        compute_metrics (`Callable[[EvalPrediction], dict]`, *optional*, defaults to [`compute_soft_metrics`]):
+            Evaluation metrics.
+        callbacks (`list[TrainerCallback]`, *optional*):
+            Training callbacks.
+        optimizers (`tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]`, *optional*, defaults to `(None, None)`):
+            Optimizer and scheduler.
+        preprocess_logits_for_metrics (`Callable[[torch.Tensor, torch.Tensor], torch.Tensor]`, *optional*):
+            Applied to the logits before they are gathered for `compute_metrics`.
+        peft_config (`peft.PeftConfig`, *optional*):
+            PEFT configuration (e.g. `LoraConfig(task_type="TOKEN_CLS")`); the model is wrapped as TRL does,
+            including k-bit preparation of quantized models.
+    """
+
+    _tag_names = ["trl", "prm", "er-prm"]
+    _name = "ER-PRM"
+    _paper = ER_PRM_PAPER
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | str | None = None,
+        args: ERPRMConfig | None = None,
+        data_collator: DataCollator | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        model_init: Callable[[], PreTrainedModel] | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR] = (None, None),
+        preprocess_logits_for_metrics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        peft_config=None,
+    ):
+        if args is None:
+            args = ERPRMConfig(output_dir="erprm-output")
+        if not isinstance(args, ERPRMConfig):
+            raise TypeError(f"args must be an ERPRMConfig, got {type(args).__name__}; ERPRMConfig takes every field.")
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required")
+        if isinstance(model, str):
+            init_kwargs = {"trust_remote_code": False, **(args.model_init_kwargs or {})}
+            init_kwargs.update(num_labels=2, use_safetensors=True)
+            if processing_class is None:
+                processing_class = AutoTokenizer.from_pretrained(
+                    model, trust_remote_code=init_kwargs["trust_remote_code"]
+                )
+            model = AutoModelForTokenClassification.from_pretrained(model, **init_kwargs)
+        if processing_class is None:
+            raise ValueError("ERPRMTrainer needs `processing_class` (the tokenizer) to tokenize the datasets.")
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+
+        column = args.outcomes_column
+        use_outcomes = column in train_dataset.column_names
+        if "input_ids" not in train_dataset.column_names:
+            with PartialState().main_process_first():
+                train_dataset = self._tokenize_soft(train_dataset, processing_class, args, is_eval=False, name="train")
+                if isinstance(eval_dataset, dict):
+                    eval_dataset = {
+                        key: self._tokenize_soft(ds, processing_class, args, is_eval=True, name=f"eval ({key})")
+                        for key, ds in eval_dataset.items()
+                    }
+                elif eval_dataset is not None:
+                    eval_dataset = self._tokenize_soft(eval_dataset, processing_class, args, is_eval=True, name="eval")
+
+        if use_outcomes:
+            logger.info(f"Step labels are computed at batch time from '{column}' with eta={args.eta}.")
+        if data_collator is None:
+            data_collator = ERPRMDataCollator(
+                processing_class, eta=args.eta if use_outcomes else None, outcomes_column=column
+            )
+        if compute_metrics is None:
+
+            def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+                return compute_soft_metrics(eval_pred, threshold=args.label_threshold)
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            model_init=model_init,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            peft_config=peft_config,
+        )
+
+    @staticmethod
+    def tokenize_row(
+        features: dict[str, Any],
+        tokenizer: PreTrainedTokenizerBase,
+        step_separator: str,
+        max_length: int | None,
+        max_completion_length: int | None,
+        train_on_last_step_only: bool,
+        is_eval: bool,
+        eta: float | None = None,
+        outcomes_column: str = "step_outcomes",
+    ) -> dict[str, Any]:
+        """Tokenize a stepwise row keeping float labels (same layout as TRL's PRMTrainer).
+
+        Args:
+            features (`dict[str, Any]`):
+                Row with `"prompt"`, `"completions"`, and `"labels"` and/or the outcomes column.
+            tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+                Tokenizer of the model.
+            step_separator (`str`):
+                Separator appended to each step.
+            max_length (`int` or `None`):
+                Maximum length of prompt + completion.
+            max_completion_length (`int` or `None`):
+                Maximum length of the completion.
+            train_on_last_step_only (`bool`):
+                Label only the last step of training rows.
+            is_eval (`bool`):
+                Whether the row is an evaluation row.
+            eta (`float` or `None`, *optional*, defaults to `None`):
+                Used to compute labels from outcomes when the row has no `labels`.
+            outcomes_column (`str`, *optional*, defaults to `"step_outcomes"`):
+                Name of the outcomes column.
+
+        Returns:
+            `dict[str, Any]`: `input_ids`, float `labels` (`-100` where unlabelled) and, when the row has outcomes,
+            the outcomes of the labelled steps that survived truncation, in position order.
+        """
+        outcomes = features.get(outcomes_column)
+        if features.get("labels") is None:
+            features = {**features, "labels": [er_label(rewards, eta) for rewards in outcomes]}
+        input_ids, labels, kept = tokenize_stepwise_row(
+            features,
+            tokenizer,
+            step_separator,
+            max_length,
+            max_completion_length,
+            train_on_last_step_only,
+            is_eval,
+            label_type=float,
+        )
+        row = {"input_ids": input_ids, "labels": labels}
+        if outcomes is not None:
+            row[outcomes_column] = [[float(r) for r in outcomes[k]] for k in kept]
+        return row
+
+    @classmethod
+    def _tokenize_soft(cls, dataset: Dataset, tokenizer, args: ERPRMConfig, is_eval: bool, name: str) -> Dataset:
+        validate_stepwise_dataset(dataset, args.step_separator, args.outcomes_column, name=name)
+        column = args.outcomes_column
+        schema = {
+            "input_ids": features.Sequence(features.Value("int64")),
+            "labels": features.Sequence(features.Value("float32")),
+        }
+        if column in dataset.column_names:
+            schema[column] = features.Sequence(features.Sequence(features.Value("float32")))
+        fn_kwargs = {
+            "tokenizer": tokenizer,
+            "step_separator": args.step_separator,
+            "max_length": args.max_length,
+            "max_completion_length": args.max_completion_length,
+            "train_on_last_step_only": args.train_on_last_step_only,
+            "is_eval": is_eval,
+            "eta": args.eta,
+            "outcomes_column": column,
+        }
+        return dataset.map(
+            cls.tokenize_row,
+            fn_kwargs=fn_kwargs,
+            num_proc=args.dataset_num_proc,
+            remove_columns=dataset.column_names,
+            desc=f"Tokenizing {name} dataset (soft labels)",
+            features=features.Features(schema),
+        )
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.args.outcomes_column not in self._signature_columns:
+            self._signature_columns.append(self.args.outcomes_column)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        """Soft two-class cross-entropy at the labelled positions.
+
+        The loss is the sum of [`soft_cross_entropy`] over labelled tokens divided by their number: the tokens of this
+        batch, or `num_items_in_batch` (all labelled tokens of the gradient-accumulation window across processes)
+        when the Trainer provides it, which makes gradient accumulation and data parallelism exact.
+
+        Args:
+            model (`torch.nn.Module`):
+                The model.
+            inputs (`dict[str, torch.Tensor]`):
+                A batch from [`ERPRMDataCollator`]; `labels` is `(batch, seq_len)` float with `-100` elsewhere.
+            return_outputs (`bool`, *optional*, defaults to `False`):
+                Whether to return the model outputs too.
+            num_items_in_batch (`torch.Tensor` or `int`, *optional*):
+                Number of labelled tokens in the whole accumulation window, from the Trainer.
+
+        Returns:
+            The loss, or `(loss, outputs)` when `return_outputs` is set.
+        """
+        labels = inputs["labels"]
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", self.args.outcomes_column)}
+        outputs = model(**model_inputs)
+        per_token = soft_cross_entropy(outputs.logits, labels)
+        if num_items_in_batch is not None:
+            loss = per_token.sum() / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = per_token.sum() / (labels != -100).sum().clamp(min=1)
+        return (loss, outputs) if return_outputs else loss
