@@ -124,3 +124,13 @@ def test_two_token_scores_and_aggregation():
     assert math.isnan(aggregate_steps(steps, torch.zeros_like(mask), "min")[0].item())
     with pytest.raises(ValueError, match="Unknown step aggregation"):
         aggregate_steps(steps, mask, "median")
+
+
+def test_advantage_guards():
+    from trl_erprm.functional import discounted_returns, prime_advantages
+
+    mask = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="gamma"):
+        discounted_returns(torch.zeros(2, 3), mask, gamma=1.5)
+    with pytest.raises(ValueError, match="NaN"):
+        prime_advantages(torch.tensor([1.0, float("nan")]), torch.zeros(2, 3), mask, group_size=2)

@@ -432,6 +432,8 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float =
     Returns:
         `torch.Tensor`: Returns of shape `(B, T)`, 0 outside the mask.
     """
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}.")
     mask = mask.to(rewards.dtype)
     rewards = rewards * mask
     if gamma == 1.0:
@@ -509,6 +511,8 @@ def prime_advantages(
     Returns:
         `torch.Tensor`: Advantages of shape `(B, T)`, 0 outside the mask.
     """
+    if torch.isnan(outcome_rewards).any() or torch.isnan(token_rewards[mask.bool()]).any():
+        raise ValueError("prime_advantages got NaN rewards: replace or filter them before computing advantages.")
     m = mask.to(token_rewards.dtype)
     lengths = m.sum(-1).clamp(min=1.0)
     per_token_mean = (token_rewards * m).sum(-1) / lengths  # r(y_j) / |y_j|, (B,)
