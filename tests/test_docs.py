@@ -21,8 +21,15 @@ def _blocks(page, language):
 
 @pytest.mark.parametrize("page", [p for p in PAGES if _blocks(p, "python")], ids=lambda p: p.name)
 def test_python_blocks_run(page, tmp_path, monkeypatch):
-    """The Python blocks of a page run top to bottom in one namespace, as a reader would paste them."""
-    monkeypatch.chdir(tmp_path)
+    """The Python blocks of a page run top to bottom in one namespace, as a reader would paste them.
+
+    They run in a scratch folder laid out like a checkout: `examples/` is there and `../shared/data` resolves.
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
+    monkeypatch.chdir(work)
     namespace = {"__name__": "__docs__"}
     for block in _blocks(page, "python"):
         exec(compile(block, f"{page.name}", "exec"), namespace)

@@ -5,6 +5,12 @@ __version__ = "0.1.0"
 from .erprm_config import ERPRMConfig
 from .erprm_trainer import ERPRMDataCollator, ERPRMTrainer, compute_soft_metrics
 from .functional import ETA_ALIASES, STEP_AGGREGATIONS, aggregate_steps, er_label, resolve_eta
+from .implicit_prm import ImplicitPRM
+from .implicit_prm_config import ImplicitPRMConfig
+from .implicit_prm_trainer import ImplicitPRMTrainer
+from .labeling import ERPRMLabeler, ERPRMLabelerConfig, GradeResult, MathVerifyGrader
+from .prime import PRIMECallback, PRIMEConfig
+from .prl import PRLCallback, PRLConfig, separator_token_ids
 from .prm import TRL_HAS_PRM, PRMConfig, PRMTrainer
 
 
@@ -15,10 +21,22 @@ __all__ = [
     "ERPRMConfig",
     "ERPRMDataCollator",
     "ERPRMTrainer",
+    "ERPRMLabeler",
+    "ERPRMLabelerConfig",
+    "GradeResult",
+    "MathVerifyGrader",
+    "ImplicitPRM",
+    "ImplicitPRMConfig",
+    "ImplicitPRMTrainer",
+    "PRIMECallback",
+    "PRIMEConfig",
+    "PRLCallback",
+    "PRLConfig",
     "PRMConfig",
     "PRMTrainer",
     "aggregate_steps",
     "compute_soft_metrics",
     "er_label",
     "resolve_eta",
+    "separator_token_ids",
 ]

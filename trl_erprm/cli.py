@@ -86,7 +86,27 @@ def _quickstart(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"quickstart": _quickstart}
+def _bon(argv: list[str]) -> int:
+    from .evaluation import bon_main
+
+    bon_main(argv)
+    return 0
+
+
+def _stepeval(argv: list[str]) -> int:
+    from .evaluation import stepeval_main
+
+    stepeval_main(argv)
+    return 0
+
+
+def _label(argv: list[str]) -> int:
+    from .labeling.labeler import cli_main
+
+    return cli_main(argv)
+
+
+COMMANDS = {"quickstart": _quickstart, "label": _label, "bon": _bon, "stepeval": _stepeval}
 
 
 def main(argv: list[str] | None = None) -> int:

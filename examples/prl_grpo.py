@@ -1,0 +1,91 @@
+# accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml examples/prl_grpo.py --model_name_or_path Qwen/Qwen2.5-Math-1.5B-Instruct --dataset_name HuggingFaceH4/MATH-500 --dataset_split test --output_dir prl-qwen2.5-math-1.5b --bf16 True --per_device_train_batch_size 8 --num_generations 8 --max_completion_length 1024 --learning_rate 1e-6 --beta 0.001 --eta 150
+"""PRL (Process Reward Learning, arXiv:2601.10201) with an unmodified GRPOTrainer: a math-verify outcome reward
+(`trl.rewards.accuracy_reward`) on the `solution` column, and `PRLCallback`, which turns GRPO's outcome advantage `A_i`
+into per-step advantages `A_i - (1/eta) * sum_{j>=t} log pi_old(a_j)/pi_ref(a_j)` (steps end at newline tokens, or
+every `--step_len` tokens). No reward model is trained. PRL needs GRPO's reference log-probs, which GRPOTrainer
+computes only with `--beta` > 0: a small beta keeps GRPO's own KL loss small.
+
+On the CPU, with a tiny local model and local data (a few steps):
+
+    python -c "from trl_erprm.tiny import build_tokenizer, build_tiny_model; build_tiny_model(build_tokenizer(), save_dir='tiny-lm')"
+    accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/prl_grpo.py --model_name_or_path tiny-lm --dataset_name ../shared/data/math500_test.jsonl --max_train_samples 16 --output_dir prl-tiny --use_cpu --per_device_train_batch_size 4 --num_generations 2 --max_completion_length 16 --max_steps 3 --beta 0.001 --eta 100 --step_len 4 --report_to none
+"""
+
+import os
+from dataclasses import dataclass
+
+from datasets import load_dataset
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+from trl.rewards import accuracy_reward
+
+from trl_erprm.prl import PRLCallback, PRLConfig
+
+
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass
+class ScriptArguments:
+    r"""Arguments of this script.
+
+    Parameters:
+        dataset_name (`str`, *optional*, defaults to `"HuggingFaceH4/MATH-500"`):
+            Dataset on the Hub, or a local `.json` / `.jsonl` file.
+        dataset_split (`str`, *optional*, defaults to `"test"`):
+            Split of a Hub dataset (a local file has one split).
+        prompt_column (`str`, *optional*, defaults to `"problem"`):
+            Column holding the question.
+        solution_column (`str`, *optional*, defaults to `"solution"`):
+            Column holding the reference solution (its `\boxed{}` answer is what math-verify compares with).
+        max_train_samples (`int` or `None`, *optional*, defaults to `None`):
+            Keep only the first rows of the dataset.
+    """
+
+    dataset_name: str = "HuggingFaceH4/MATH-500"
+    dataset_split: str = "test"
+    prompt_column: str = "problem"
+    solution_column: str = "solution"
+    max_train_samples: int | None = None
+
+
+def load_math_dataset(script_args: ScriptArguments):
+    """Load the dataset and turn each row into a conversational prompt plus its `solution`."""
+    if os.path.isfile(script_args.dataset_name):
+        dataset = load_dataset("json", data_files=script_args.dataset_name, split="train")
+    else:
+        dataset = load_dataset(script_args.dataset_name, split=script_args.dataset_split)
+    if script_args.max_train_samples is not None:
+        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+    for column in (script_args.prompt_column, script_args.solution_column):
+        if column not in dataset.column_names:
+            raise ValueError(f"Column {column!r} not in the dataset (columns: {dataset.column_names}).")
+
+    def to_prompt(row):
+        question = row[script_args.prompt_column]
+        return {
+            "prompt": [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}],
+            "solution": row[script_args.solution_column],
+        }
+
+    return dataset.map(to_prompt, remove_columns=dataset.column_names)
+
+
+def main(script_args: ScriptArguments, training_args: GRPOConfig, prl_args: PRLConfig, model_args: ModelConfig):
+    training_args.model_init_kwargs = {"dtype": model_args.dtype, "revision": model_args.model_revision}
+    trainer = GRPOTrainer(
+        model=model_args.model_name_or_path,
+        reward_funcs=[accuracy_reward],
+        args=training_args,
+        train_dataset=load_math_dataset(script_args),
+        peft_config=get_peft_config(model_args),
+    )
+    PRLCallback(trainer, prl_args)
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+
+
+if __name__ == "__main__":
+    parser = TrlParser((ScriptArguments, GRPOConfig, PRLConfig, ModelConfig))
+    main(*parser.parse_args_and_config())

@@ -1,0 +1,240 @@
+"""Rollout backends: one contract, tested on all three engines with the tiny Qwen2 of the conftest.
+
+The `vllm` and `vllm_server` cases need the CPU build of vLLM and run in the separate vLLM environment
+(`bash .ci/vllm_env.sh`, which selects `-m vllm`); in the main environment they skip at `import vllm`.
+"""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl_erprm.labeling.backends import BACKENDS, Sampling, TransformersBackend, derive_seed, sample_from_uniform
+
+
+PROMPTS = ["Ann has 3 apples and gets 4 more.", "Step 1: Bob buys 12 pens.\n\n", "What is 7 * 6?"]
+RANDOM = Sampling(temperature=1.0, top_p=1.0, max_tokens=12)
+GREEDY = Sampling(temperature=0.0, top_p=1.0, max_tokens=12)
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure pieces
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_sample_from_uniform_is_an_inverse_cdf_with_hand_values():
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]])).repeat(6, 1)  # sorted: token 1 (0.5), 2 (0.3), 0 (0.2)
+    uniforms = torch.tensor([0.0, 0.49, 0.5, 0.79, 0.8, 0.999])
+    assert sample_from_uniform(logits, uniforms, 1.0, 1.0).tolist() == [1, 1, 2, 2, 0, 0]
+    # top_p 0.6: token 1 (mass before 0) and token 2 (mass before 0.5 < 0.6) stay, token 0 (before 0.8) goes; the
+    # nucleus mass is 0.8, so u picks token 1 below 0.5 / 0.8 = 0.625 and token 2 above.
+    nucleus = torch.tensor([0.0, 0.62, 0.63, 0.999])
+    assert sample_from_uniform(logits[:4], nucleus, 1.0, 0.6).tolist() == [1, 1, 2, 2]
+    assert sample_from_uniform(logits[:2], torch.tensor([0.0, 0.999]), 1.0, 1e-9).tolist() == [1, 1]  # top-1 only
+    assert sample_from_uniform(logits[:2], torch.tensor([0.3, 0.9]), 0.0, 1.0).tolist() == [1, 1]  # greedy
+    # Temperature 2: probabilities proportional to sqrt(p) = (0.447, 0.707, 0.548) / 1.702 -> token 1 up to 0.4155.
+    cut = math.sqrt(0.5) / (math.sqrt(0.2) + math.sqrt(0.5) + math.sqrt(0.3))
+    assert sample_from_uniform(logits[:2], torch.tensor([cut - 1e-4, cut + 1e-4]), 2.0, 1.0).tolist() == [1, 2]
+
+
+def test_sample_from_uniform_frequencies_follow_the_softmax():
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    uniforms = torch.rand(20000, generator=torch.Generator().manual_seed(0))
+    tokens = sample_from_uniform(torch.log(probs).expand(20000, 3), uniforms, 1.0, 1.0)
+    freqs = torch.bincount(tokens, minlength=3).float() / 20000
+    assert torch.allclose(freqs, probs, atol=0.015)
+
+
+def test_sample_from_uniform_breaks_ties_by_token_id():
+    logits = torch.zeros(3, 4)
+    assert sample_from_uniform(logits, torch.tensor([0.1, 0.3, 0.99]), 1.0, 1.0).tolist() == [0, 1, 3]
+
+
+def test_derive_seed_is_stable_and_distinct():
+    assert derive_seed(0, 5, 2) == derive_seed(0, 5, 2)
+    seeds = {derive_seed(0, row, step) for row in range(100) for step in range(10)}
+    assert len(seeds) == 1000
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert derive_seed(1, 2) != derive_seed(12)  # parts are separated
+
+
+def test_sampling_validation():
+    with pytest.raises(ValueError, match="temperature"):
+        Sampling(temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(top_p=0.0)
+    with pytest.raises(ValueError, match="max_tokens"):
+        Sampling(max_tokens=0)
+
+
+def test_transformers_greedy_equals_model_generate(causal_lm_path, tokenizer):
+    """The seeded sampler at temperature 0, on left-padded batches, reproduces plain greedy `generate` per prompt."""
+    from transformers import AutoModelForCausalLM
+
+    backend = TransformersBackend(causal_lm_path, batch_size=4)
+    outputs = backend.generate(PROMPTS, 2, GREEDY, seeds=[1, 2, 3])
+    model = AutoModelForCausalLM.from_pretrained(causal_lm_path)
+    for prompt, samples in zip(PROMPTS, outputs):
+        ids = tokenizer(prompt, return_tensors="pt")
+        out = model.generate(**ids, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id)
+        expected = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert samples == [expected, expected]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The contract, on every backend
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server_url(causal_lm_path):
+    """`trl vllm-serve` on 127.0.0.1 in a subprocess; waits (bounded) for /health and always kills it."""
+    pytest.importorskip("vllm")
+    port = _free_port()
+    trl = Path(sys.executable).parent / "trl"
+    command = [str(trl), "vllm-serve", "--model", causal_lm_path, "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--enforce_eager", "True", "--enable_prefix_caching", "True", "--max_model_len", "512"]
+    command += ["--dtype", "float32", "--log_level", "warning"]
+    env = {**os.environ, **VLLM_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    log = open(Path(causal_lm_path).parent / f"vllm_server_{port}.log", "w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"trl vllm-serve exited with {process.returncode}; log: {log.name}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"trl vllm-serve did not answer /health within 240 s; log: {log.name}")
+            time.sleep(1)
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("transformers"),
+        pytest.param("vllm", marks=pytest.mark.vllm),
+        pytest.param("vllm_server", marks=pytest.mark.vllm),
+    ],
+)
+def backend(request, causal_lm_path, tokenizer):
+    name = request.param
+    if name == "transformers":
+        backend = BACKENDS[name](causal_lm_path, tokenizer=tokenizer, batch_size=8)
+    elif name == "vllm":
+        pytest.importorskip("vllm")
+        os.environ.update(VLLM_ENV)
+        backend = BACKENDS[name](causal_lm_path, dtype="float32", enforce_eager=True, max_model_len=512)
+    else:
+        url = request.getfixturevalue("vllm_server_url")
+        backend = BACKENDS[name](url, tokenizer=tokenizer, connection_timeout=30)
+    yield backend
+    backend.close()
+
+
+def _ids(tokenizer, prompt):
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def test_contract_shapes_text_and_token_prompts(backend, tokenizer):
+    prompts = [PROMPTS[0], _ids(tokenizer, PROMPTS[1]), PROMPTS[2]]
+    outputs = backend.generate(prompts, 3, RANDOM, seeds=[10, 11, 12])
+    assert len(outputs) == 3 and all(len(samples) == 3 for samples in outputs)
+    assert all(isinstance(text, str) for samples in outputs for text in samples)
+    # A text prompt and its token ids are the same prompt (this tokenizer adds no special tokens).
+    assert backend.generate([PROMPTS[1]], 3, RANDOM, seeds=[11]) == [outputs[1]]
+
+
+def test_contract_seeded_and_independent_of_the_batch(backend):
+    first = backend.generate(PROMPTS, 4, RANDOM, seeds=[1, 2, 3])
+    assert backend.generate(PROMPTS, 4, RANDOM, seeds=[1, 2, 3]) == first
+    # Alone, or with other neighbours in another order, a prompt gets the same samples for the same seed.
+    assert backend.generate([PROMPTS[1]], 4, RANDOM, seeds=[2]) == [first[1]]
+    assert backend.generate([PROMPTS[2], PROMPTS[0]], 4, RANDOM, seeds=[3, 1]) == [first[2], first[0]]
+    # The n samples of a prompt differ, and another seed gives other samples.
+    assert all(len(set(samples)) > 1 for samples in first)
+    assert backend.generate([PROMPTS[0]], 4, RANDOM, seeds=[99]) != [first[0]]
+
+
+def test_contract_greedy_and_top_p(backend):
+    greedy = backend.generate(PROMPTS, 3, GREEDY, seeds=[1, 2, 3])
+    assert all(len(set(samples)) == 1 for samples in greedy)
+    # A nucleus that holds only the most likely token is greedy decoding, whatever the seed.
+    top1 = backend.generate(PROMPTS, 3, Sampling(temperature=1.0, top_p=1e-6, max_tokens=12), seeds=[7, 8, 9])
+    assert top1 == greedy
+
+
+def test_contract_max_tokens(backend, tokenizer):
+    one_token = backend.generate(PROMPTS, 4, Sampling(temperature=1.0, top_p=1.0, max_tokens=1), seeds=[4, 5, 6])
+    vocabulary = {tokenizer.decode([i], skip_special_tokens=True) for i in range(len(tokenizer))}
+    assert all(text in vocabulary for samples in one_token for text in samples)
+
+
+def test_contract_bad_requests(backend):
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        backend.generate(PROMPTS, 2, RANDOM, seeds=[1])
+    with pytest.raises(ValueError, match="Prompt 1 is empty"):
+        backend.generate(["a", ""], 2, RANDOM, seeds=[1, 2])
+    with pytest.raises(ValueError, match="n .* must be >= 1"):
+        backend.generate(["a"], 0, RANDOM, seeds=[1])
+
+
+def test_labeler_end_to_end_on_every_backend(backend, tokenizer, shared_data, tmp_path):
+    """The labeler on real GSM8K rows with this backend: labels are er_label of the stored outcomes."""
+    from trl_erprm.functional import er_label
+    from trl_erprm.labeling.labeler import ERPRMLabeler
+    from trl_erprm.labeling.steps import gsm8k_to_stepwise
+
+    lines = (shared_data / "gsm8k_test.jsonl").read_text().splitlines()[:2]
+    rows = [gsm8k_to_stepwise(json.loads(line), i) for i, line in enumerate(lines)]
+    labeler = ERPRMLabeler(
+        model_name_or_path="tiny",
+        tokenizer=tokenizer,
+        backend=backend,
+        output_dir=str(tmp_path / "job"),
+        num_rollouts=2,
+        max_new_tokens=8,
+        eta=2.0,
+    )
+    try:
+        dataset = labeler.label(rows)
+    finally:
+        labeler.close()
+    assert dataset["status"] == ["ok", "ok"]
+    for row, source in zip(dataset, rows):
+        assert len(row["step_outcomes"]) == len(source["completions"])
+        assert row["step_outcomes"][-1] == [1.0]
+        assert row["labels"] == [pytest.approx(float(er_label(o, 2.0))) for o in row["step_outcomes"]]
+    assert json.loads(dataset.info.description)["erprm_labeling"]["backend"] == backend.name

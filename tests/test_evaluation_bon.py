@@ -1,0 +1,163 @@
+"""Best-of-N runs: crafted datasets with known answers, an end-to-end run with tiny local models, resumption."""
+
+import json
+import shutil
+
+import pytest
+
+from trl_erprm.evaluation.bon import BestOfNArguments, bon_main, gold_answer_text, run_best_of_n
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+# The four problems of tests/test_evaluation_metrics.py, as a dump that carries answers, correctness and step scores.
+CRAFTED = [
+    {
+        "prompt": "A",
+        "answers": ["5", "7", "7", "5"],
+        "correct": [False, True, True, False],
+        "scores": [[0.9], [0.6], [0.7], [0.1]],
+    },
+    {"prompt": "B", "answers": ["12", "10", None], "correct": [True, False, False], "scores": [[0.3], [0.8], []]},
+    {"prompt": "C", "answers": ["1", "1"], "correct": [False, False], "scores": [[0.5], [0.4]]},
+    {"prompt": "D", "answers": [], "correct": [], "scores": []},
+]
+
+
+def test_dump_with_correctness_and_scores_needs_no_model(tmp_path):
+    data = _write_jsonl(tmp_path / "dump.jsonl", CRAFTED)
+    argv = ["--dataset_name", data, "--dataset_split", "train", "--answers_column", "answers"]
+    argv += ["--correctness_column", "correct", "--scores_column", "scores", "--aggregations", "min", "last"]
+    argv += ["--n_values", "1", "2", "4", "--num_seeds", "3", "--output_dir", str(tmp_path / "out")]
+    report = bon_main(argv)
+    curves = report["curves"]
+    assert report["n_values"] == [1, 2, 4] and report["num_problems"] == 4
+    for agg in ("min", "last"):
+        assert curves[f"bon_{agg}"][4]["mean"] == pytest.approx(0.0)
+        assert curves[f"weighted_majority_{agg}"][4]["mean"] == pytest.approx(0.25)
+    assert curves["majority"][4]["mean"] == pytest.approx(0.25)
+    assert curves["pass@n"][4]["mean"] == pytest.approx(0.5)
+    assert len(curves["majority"][2]["values"]) == 3
+    assert report["bad_input"]["problems_without_candidates"] == 1
+    assert report["bad_input"]["problems_with_fewer_than_max_n"] == 2
+    assert report["bad_input"]["candidates_without_steps"] == 1
+    assert report["bad_input"]["candidates_without_answer"] == 1
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["curves"]["pass@n"]["4"]["mean"] == pytest.approx(0.5)
+    assert (tmp_path / "out" / "accuracy_vs_n.png").stat().st_size > 1000
+    assert "| majority | " in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_candidates_are_graded_and_unparsable_golds_are_left_out(tmp_path):
+    rows = [
+        {"prompt": "P1", "gold_answer": "7", "completions": ["so \\boxed{7}", "The answer is 8"], "s": [[0.2], [0.9]]},
+        {"prompt": "P2", "gold_answer": "}{", "completions": ["\\boxed{1}"], "s": [[0.5]]},
+        {
+            "prompt": "P3",
+            "gold_answer": "3 + 0 = 3\n#### 3",
+            "completions": ["\\boxed{3}", "x \\boxed{3}", "\\boxed{4}"],
+        }
+        | {"s": [[0.1], [0.2], [0.9]]},
+    ]
+    args = BestOfNArguments(
+        dataset_name=_write_jsonl(tmp_path / "d.jsonl", rows),
+        dataset_split="train",
+        scores_column="s",
+        aggregations=["min"],
+        output_dir=str(tmp_path / "out"),
+        plot=False,
+    )
+    report = run_best_of_n(args)
+    assert report["n_values"] == [1, 2, 3] and report["num_problems"] == 2
+    assert report["bad_input"]["problems_gold_unparsable"] == 1
+    assert report["grading"] == {"correct": 3, "incorrect": 2, "gold_unparsable": 1}
+    curves = report["curves"]
+    # N=3: BoN picks 8 and 4 (wrong); majority picks 7 (tie, first) and 3; weighted picks 8 and 4; pass@3 right.
+    assert curves["bon_min"][3]["mean"] == 0.0 and curves["majority"][3]["mean"] == 1.0
+    assert curves["weighted_majority_min"][3]["mean"] == 0.0 and curves["pass@n"][3]["mean"] == 1.0
+    assert "plot" not in report["files"]
+
+
+def test_gold_answer_text():
+    assert gold_answer_text("a\nb\n#### 1,000") == "1,000"
+    assert gold_answer_text(42) == "42" and gold_answer_text(None) is None
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="--prm_model"):
+        BestOfNArguments(dataset_name="x")
+    with pytest.raises(ValueError, match="aggregations"):
+        BestOfNArguments(dataset_name="x", prm_model="p", aggregations=["median"])
+    with pytest.raises(ValueError, match="split_method"):
+        BestOfNArguments(dataset_name="x", prm_model="p", split_method="commas")
+
+
+@pytest.fixture(scope="module")
+def gsm8k_subset(tmp_path_factory, shared_data):
+    path = tmp_path_factory.mktemp("bon_data") / "gsm8k.jsonl"
+    lines = (shared_data / "gsm8k_test.jsonl").read_text().splitlines()[:3]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _generation_args(data, output_dir, **overrides):
+    kwargs = {
+        "dataset_name": data,
+        "dataset_split": "train",
+        "prompt_column": "question",
+        "gold_column": "answer",
+        "num_candidates": 4,
+        "max_new_tokens": 12,
+        "chunk_size": 1,
+        "num_seeds": 2,
+        "output_dir": str(output_dir),
+    }
+    kwargs.update(overrides)
+    return BestOfNArguments(**kwargs)
+
+
+def test_end_to_end_generation_and_resume(tmp_path, gsm8k_subset, causal_lm_path, token_cls_path):
+    first = tmp_path / "first"
+    args = _generation_args(gsm8k_subset, first, generator_model=causal_lm_path, prm_model=token_cls_path)
+    report = run_best_of_n(args)
+    assert report["n_values"] == [1, 2, 4] and report["num_problems"] == 3
+    for name in ("results.json", "table.md", "accuracy_vs_n.png"):
+        assert (first / name).is_file()
+    results = json.loads((first / "results.json").read_text())
+    assert set(results["curves"]) >= {"bon_min", "bon_last", "bon_prod", "bon_mean", "majority", "pass@n"}
+    part = first / "parts" / "part-00000.jsonl"
+    records = [json.loads(line) for line in part.read_text().splitlines()]
+    assert [r["index"] for r in records] == [0, 1, 2]
+    assert all(len(r["candidates"]) == 4 and len(r["step_scores"]) == 4 for r in records)
+    assert all(0 < s < 1 for r in records for c in r["step_scores"] for s in c)
+    assert sum(len(r["statuses"]) for r in records) == 12
+
+    # A run killed while writing its last problem: a torn line, no reports. The rerun finishes it identically.
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    lines = part.read_text().splitlines(keepends=True)
+    (second / "parts" / "part-00000.jsonl").write_text("".join(lines[:2]) + lines[2][:40])
+    for name in ("results.json", "table.md", "accuracy_vs_n.png"):
+        (second / name).unlink()
+    args.output_dir = str(second)
+    resumed = run_best_of_n(args)
+    assert (second / "parts" / "part-00000.jsonl").read_text() == part.read_text()
+    assert resumed["curves"] == report["curves"]
+
+    # Other arguments on the same folder: a clear error naming the difference.
+    with pytest.raises(ValueError, match="num_candidates: 4 in the folder, 2 now"):
+        run_best_of_n(
+            _generation_args(
+                gsm8k_subset, second, generator_model=causal_lm_path, prm_model=token_cls_path, num_candidates=2
+            )
+        )
+    # Reporting arguments may change freely: the scored rows are reused.
+    again = run_best_of_n(
+        _generation_args(
+            gsm8k_subset, second, generator_model=causal_lm_path, prm_model=token_cls_path, aggregations=["min"]
+        )
+    )
+    assert set(again["curves"]) == {"bon_min", "majority", "weighted_majority_min", "pass@n"}

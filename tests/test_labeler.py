@@ -1,0 +1,484 @@
+"""ERPRMLabeler end to end on real GSM8K problems with a tiny local model, the transformers backend and math-verify.
+
+The generator is the tiny Qwen2 of the conftest, briefly trained on four short GSM8K solutions so that its rollouts
+reach the gold answer from some prefixes and not from others: the outcomes mix 0s and 1s.
+"""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl_erprm.functional import er_label
+from trl_erprm.labeling import store
+from trl_erprm.labeling.grading import MathVerifyGrader
+from trl_erprm.labeling.labeler import (
+    ROW_STATUSES,
+    ERPRMLabeler,
+    check_row,
+    labels_for_rows,
+    labels_from_outcomes,
+    main,
+)
+from trl_erprm.labeling.labeler_config import ERPRMLabelerConfig
+from trl_erprm.labeling.steps import gsm8k_to_stepwise
+
+
+REPO = Path(__file__).resolve().parents[1]
+# Four of the shortest GSM8K test problems (indices in gsm8k_test.jsonl).
+GSM8K_ROWS = (579, 462, 305, 673)
+JOB = {"num_rollouts": 3, "max_new_tokens": 24, "seed": 7, "batch_size": 1, "step_separator": "\n"}
+
+
+def read_gsm8k(shared_data, indices=GSM8K_ROWS):
+    lines = (shared_data / "gsm8k_test.jsonl").read_text().splitlines()
+    return [gsm8k_to_stepwise(json.loads(lines[i]), i) for i in indices]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on shared cores two threads can be many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def gsm8k_rows(shared_data):
+    return read_gsm8k(shared_data)
+
+
+@pytest.fixture(scope="module")
+def answering_lm_path(causal_lm_path, gsm8k_rows, tmp_path_factory):
+    """The tiny causal LM, trained for a few steps to write "<last step>\nThe answer is \\boxed{<gold>}."."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(causal_lm_path)
+    model = AutoModelForCausalLM.from_pretrained(causal_lm_path)
+    texts = ["\n".join(r["completions"][-2:]) for r in gsm8k_rows]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    path = tmp_path_factory.mktemp("answering_lm")
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with MathVerifyGrader(num_workers=1, timeout=5.0) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def reference_run(answering_lm_path, gsm8k_rows, grader, tmp_path_factory):
+    """An uninterrupted one-process labeling job over `gsm8k_rows`: (labeler, dataset, output_dir)."""
+    output_dir = tmp_path_factory.mktemp("reference") / "job"
+    labeler = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=str(output_dir), grader=grader, **JOB)
+    dataset = labeler.label(gsm8k_rows)
+    return labeler, dataset, output_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure pieces
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_labels_from_outcomes_hand_values():
+    # p = 1/4: (1/eta) ln(1 - p + p e^eta) = ln(0.75 + 0.25 e) = 0.357375 for eta = 1; soft = p; hard = 1[p > 0].
+    outcomes = [[0.0, 0.0, 0.0, 1.0], [0.0, 0.0], [1.0]]
+    assert labels_from_outcomes(outcomes, 1.0) == pytest.approx([math.log(0.75 + 0.25 * math.e), 0.0, 1.0])
+    assert labels_from_outcomes(outcomes, 1.0)[0] == pytest.approx(0.357375, abs=1e-6)
+    assert labels_from_outcomes(outcomes, "soft") == pytest.approx([0.25, 0.0, 1.0])
+    assert labels_from_outcomes(outcomes, "hard") == [1.0, 0.0, 1.0]
+
+
+def test_labels_for_rows_groups_ragged_steps_and_keeps_missing_rows():
+    rows = [[[0.0, 0.0, 0.0, 1.0], [1.0]], None, [[0.0, 1.0], [0.0, 0.0, 0.0, 1.0], [0.0]]]
+    assert labels_for_rows(rows, "soft") == [[0.25, 1.0], None, [0.5, 0.25, 0.0]]
+    hand = math.log(0.75 + 0.25 * math.e)
+    assert labels_for_rows(rows, 1.0)[2] == pytest.approx([math.log(0.5 + 0.5 * math.e), hand, 0.0])
+    assert labels_for_rows([], 1.0) == []
+
+
+def test_check_row_statuses():
+    assert check_row("Q", ["a", "b"], "3") == ("ok", "")
+    assert check_row("Q", ["a", "b"], 3) == ("ok", "")
+    assert check_row("", ["a"], "3")[0] == "missing_prompt"
+    assert check_row(None, ["a"], "3")[0] == "missing_prompt"
+    assert check_row("Q", [], "3")[0] == "empty_steps"
+    assert check_row("Q", None, "3")[0] == "empty_steps"
+    status, message = check_row("Q", ["a", "  "], "3")
+    assert status == "empty_steps" and "step 1" in message
+    assert check_row("Q", ["a", 5], "3")[0] == "empty_steps"
+    assert check_row("Q", ["a"], None)[0] == "missing_gold"
+    assert check_row("Q", ["a"], "  ")[0] == "missing_gold"
+
+
+def test_config_validation():
+    assert ERPRMLabelerConfig(eta="hard").eta == math.inf
+    assert ERPRMLabelerConfig(eta="0.5").eta == 0.5
+    with pytest.raises(ValueError, match="backend"):
+        ERPRMLabelerConfig(backend="tgi")
+    with pytest.raises(ValueError, match="prefix_placement"):
+        ERPRMLabelerConfig(prefix_placement="system")
+    with pytest.raises(ValueError, match="num_rollouts"):
+        ERPRMLabelerConfig(num_rollouts=0)
+    with pytest.raises(ValueError, match="hub_dataset_id"):
+        ERPRMLabelerConfig(push_to_hub=True)
+    assert "eta" not in ERPRMLabelerConfig().job_arguments()
+    assert "batch_size" not in ERPRMLabelerConfig().job_arguments()
+
+
+def test_rollout_prompts_for_each_placement(causal_lm_path, tokenizer):
+    prefix = ["Step one.", "Step two."]
+    assistant = ERPRMLabeler(model_name_or_path=causal_lm_path, tokenizer=tokenizer)
+    text = tokenizer.decode(assistant.rollout_prompt("What is 1+1?", prefix))
+    assert text == "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\nStep one.\nStep two.\n"
+    assert assistant.graded_text(prefix, "So \\boxed{2}") == "Step one.\nStep two.\nSo \\boxed{2}"
+
+    user = ERPRMLabeler(model_name_or_path=causal_lm_path, tokenizer=tokenizer, prefix_placement="user")
+    text = tokenizer.decode(user.rollout_prompt("What is 1+1?", prefix))
+    assert text == (
+        "<|im_start|>user\nWhat is 1+1?\nStep one.\nStep two.\nPlease reason step by step, and put your final answer "
+        "within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert user.graded_text(prefix, "So \\boxed{2}") == "So \\boxed{2}"
+
+    plain = ERPRMLabeler(
+        model_name_or_path=causal_lm_path, tokenizer=tokenizer, prefix_placement="plain", step_separator="\n\n"
+    )
+    assert tokenizer.decode(plain.rollout_prompt("Q?", prefix)) == "Q?\n\nStep one.\n\nStep two.\n\n"
+
+    tokenizer_without_template = tokenizer.__class__.from_pretrained(causal_lm_path)
+    tokenizer_without_template.chat_template = None
+    bare = ERPRMLabeler(model_name_or_path=causal_lm_path, tokenizer=tokenizer_without_template)
+    with pytest.raises(ValueError, match="prefix_placement='plain'"):
+        bare.rollout_prompt("Q?", prefix)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_end_to_end_gsm8k_labels_equal_er_label(reference_run, gsm8k_rows):
+    labeler, dataset, output_dir = reference_run
+    assert len(dataset) == len(gsm8k_rows)
+    assert dataset["prompt"] == [r["prompt"] for r in gsm8k_rows]  # input order kept
+    assert set(dataset["status"]) == {"ok"}
+    all_outcomes = []
+    for row, source in zip(dataset, gsm8k_rows):
+        outcomes, labels = row["step_outcomes"], row["labels"]
+        assert len(outcomes) == len(labels) == len(source["completions"])
+        assert all(len(o) == JOB["num_rollouts"] for o in outcomes[:-1])
+        assert outcomes[-1] == [1.0]  # the gold solution, graded: correct
+        for step_outcomes, label in zip(outcomes, labels):
+            assert label == pytest.approx(float(er_label(step_outcomes, 1.0)), abs=1e-12)
+        assert row["num_rollouts"] == JOB["num_rollouts"] * (len(outcomes) - 1)
+        all_outcomes += [v for o in outcomes[:-1] for v in o]
+    # The trained generator reaches the answer from some prefixes only: the labels carry information.
+    assert 0.0 in all_outcomes and 1.0 in all_outcomes
+
+    # Saved to disk with the reproducibility metadata, and a summary with counts.
+    from datasets import load_from_disk
+
+    saved = load_from_disk(str(output_dir / "dataset"))
+    assert saved["step_outcomes"] == dataset["step_outcomes"]
+    metadata = json.loads(saved.info.description)["erprm_labeling"]
+    assert metadata["num_rollouts"] == 3 and metadata["seed"] == 7 and metadata["eta"] == 1.0
+    assert metadata["model_name_or_path"] == labeler.config.model_name_or_path
+    assert metadata["temperature"] == 1.0 and metadata["top_p"] == 1.0 and metadata["max_new_tokens"] == 24
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["status_counts"] == {"ok": len(gsm8k_rows)}
+    assert summary["metadata"] == metadata
+    assert summary["this_run"]["rollouts_generated"] == sum(dataset["num_rollouts"])
+
+
+def test_finished_job_recomputes_labels_for_a_new_eta_without_rollouts(
+    reference_run, answering_lm_path, grader, tmp_path
+):
+    labeler, dataset, output_dir = reference_run
+    copy = shutil.copytree(output_dir, tmp_path / "job")
+    again = ERPRMLabeler(
+        model_name_or_path=answering_lm_path, output_dir=str(copy), grader=grader, **{**JOB, "eta": "soft"}
+    )
+    soft = again.label(dataset.select_columns(["prompt", "completions", "gold_answer"]))
+    assert again.summary["this_run"]["rollouts_generated"] == 0
+    assert again._backend is None  # the model was never loaded
+    assert soft["step_outcomes"] == dataset["step_outcomes"]
+    for row in soft:
+        assert row["labels"] == pytest.approx([sum(o) / len(o) for o in row["step_outcomes"]])
+
+
+def test_collator_recomputes_labels_at_batch_time(reference_run, tokenizer):
+    pytest.importorskip("trl_erprm.erprm_trainer")
+    labeler = reference_run[0]
+    collator = labeler.collator(tokenizer, eta="hard")
+    assert collator.eta == math.inf
+    assert labeler.collator(tokenizer).eta == 1.0
+    # Two rows tokenized with labels at the last token of each step (-100 elsewhere).
+    features = [
+        {"input_ids": [5, 6, 7, 8], "labels": [-100, 0.1, -100, 0.2], "step_outcomes": [[0.0, 1.0], [0.0, 0.0]]},
+        {"input_ids": [5, 6], "labels": [-100, 0.3], "step_outcomes": [[1.0, 1.0, 0.0]]},
+    ]
+    batch = collator(features)
+    assert batch["labels"].tolist() == [[-100.0, 1.0, -100.0, 0.0], [-100.0, 1.0, -100.0, -100.0]]
+    soft = labeler.collator(tokenizer, eta=0.0)(features)
+    assert soft["labels"][0, 1].item() == pytest.approx(0.5) and soft["labels"][1, 1].item() == pytest.approx(2 / 3)
+
+
+def test_bad_rows_get_explicit_statuses_and_no_labels(answering_lm_path, gsm8k_rows, grader, tmp_path):
+    good = gsm8k_rows[0]
+    rows = [
+        {**good, "gold_answer": None},
+        {**good, "completions": []},
+        {**good, "completions": [good["completions"][0], "   "]},
+        {**good, "gold_answer": "}{"},  # math-verify cannot parse it
+        {**good, "prompt": ""},
+        good,
+    ]
+    labeler = ERPRMLabeler(
+        model_name_or_path=answering_lm_path, output_dir=str(tmp_path / "job"), grader=grader, **JOB
+    )
+    dataset = labeler.label(rows)
+    assert dataset["status"] == [
+        "missing_gold",
+        "empty_steps",
+        "empty_steps",
+        "gold_unparsable",
+        "missing_prompt",
+        "ok",
+    ]
+    assert set(dataset["status"]) <= set(ROW_STATUSES)
+    for row in dataset.select(range(5)):
+        assert row["labels"] is None and row["step_outcomes"] is None  # never a silent 0 label
+        assert row["status_message"]
+        assert row["num_rollouts"] == 0
+    assert "'}{'" in dataset[3]["status_message"]
+    assert dataset[5]["labels"] is not None
+    assert labeler.summary["status_counts"] == {
+        "ok": 1,
+        "missing_prompt": 1,
+        "empty_steps": 2,
+        "missing_gold": 1,
+        "gold_unparsable": 1,
+    }
+    # Only the good row was rolled out.
+    assert labeler.summary["this_run"]["rollouts_generated"] == JOB["num_rollouts"] * (len(good["completions"]) - 1)
+
+
+def test_generator_returning_no_text_is_reported(causal_lm_path, gsm8k_rows, grader, tmp_path):
+    """A real model that always ends at once: zeroed final norm -> equal logits -> greedy picks token 0, the EOS."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(causal_lm_path)
+    assert tokenizer.eos_token_id == 0
+    model = AutoModelForCausalLM.from_pretrained(causal_lm_path)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+    labeler = ERPRMLabeler(
+        model=model,
+        tokenizer=tokenizer,
+        output_dir=str(tmp_path / "job"),
+        grader=grader,
+        **{**JOB, "temperature": 0.0},
+    )
+    dataset = labeler.label(gsm8k_rows[:2])
+    assert dataset["status"] == ["no_text", "no_text"]
+    assert dataset["labels"] == [None, None]
+    assert "no text" in dataset[0]["status_message"] and "step 0" in dataset[0]["status_message"]
+    assert dataset[0]["num_empty_rollouts"] == dataset[0]["num_rollouts"] > 0
+
+
+def test_missing_column_is_a_clear_error(answering_lm_path, gsm8k_rows, tmp_path):
+    labeler = ERPRMLabeler(
+        model_name_or_path=answering_lm_path, output_dir=str(tmp_path / "job"), gold_column="answer"
+    )
+    with pytest.raises(ValueError, match="no column 'answer'.*gold_column="):
+        labeler.label(gsm8k_rows)
+
+
+def test_job_folder_of_another_job_is_refused(reference_run, answering_lm_path, gsm8k_rows, grader, tmp_path):
+    _, _, output_dir = reference_run
+    other = ERPRMLabeler(
+        model_name_or_path=answering_lm_path, output_dir=str(output_dir), grader=grader, **{**JOB, "num_rollouts": 5}
+    )
+    with pytest.raises(ValueError) as error:
+        other.label(gsm8k_rows)
+    message = str(error.value)
+    assert "num_rollouts: 3 in the folder, 5 now" in message
+    assert "new output_dir" in message and "overwrite=True" in message
+    assert "seed" not in message  # only what differs is listed
+
+    fewer = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=str(output_dir), grader=grader, **JOB)
+    with pytest.raises(ValueError, match="number of input rows: 4 in the folder, 3 now"):
+        fewer.label(gsm8k_rows[:3])
+    with pytest.raises(ValueError, match="different content or order"):
+        fewer.label(gsm8k_rows[::-1])
+
+    stranger = tmp_path / "not_a_job"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    elsewhere = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=str(stranger), grader=grader, **JOB)
+    with pytest.raises(ValueError, match="not a labeling job folder"):
+        elsewhere.label(gsm8k_rows)
+    assert (stranger / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_discards_the_other_jobs_results(answering_lm_path, gsm8k_rows, grader, tmp_path):
+    first = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=str(tmp_path), grader=grader, **JOB)
+    first.label(gsm8k_rows[:1])
+    job = {**JOB, "num_rollouts": 2, "overwrite": True}
+    second = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=str(tmp_path), grader=grader, **job)
+    dataset = second.label(gsm8k_rows[:1])
+    assert [len(o) for o in dataset[0]["step_outcomes"]] == [2] * (len(gsm8k_rows[0]["completions"]) - 1) + [1]
+    assert json.loads((tmp_path / "manifest.json").read_text())["job"]["num_rollouts"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resumption after SIGKILL
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _write_jsonl(rows, path):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _cli_args(model_path, data_path, output_dir):
+    args = ["--model_name_or_path", model_path, "--dataset_name", str(data_path), "--output_dir", str(output_dir)]
+    for key, value in JOB.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def _complete_lines(output_dir):
+    parts = Path(output_dir) / "parts"
+    return sum(p.read_bytes().count(b"\n") for p in parts.glob("part-*.jsonl")) if parts.is_dir() else 0
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(reference_run, answering_lm_path, gsm8k_rows, grader, tmp_path):
+    """Kill the job (SIGKILL) after it wrote a row, simulate a torn write, restart it: same rows as uninterrupted."""
+    _, reference, _ = reference_run
+    data = _write_jsonl(gsm8k_rows, tmp_path / "rows.jsonl")
+    output_dir = tmp_path / "job"
+    script = str(REPO / "examples" / "erprm_label.py")
+    command = [sys.executable, script, *_cli_args(answering_lm_path, data, output_dir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while _complete_lines(output_dir) < 1 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the job, its grader workers and their forkserver
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the job ended before it was killed: " + stderr.decode()[-2000:]
+    written = _complete_lines(output_dir)
+    assert 1 <= written < len(gsm8k_rows), "the job must be killed part-way"
+    assert not (output_dir / "dataset").exists()
+
+    # A kill in the middle of a write leaves a torn line: add one (a prefix of a real record of a missing row).
+    part = output_dir / "parts" / "part-00000.jsonl"
+    done = {json.loads(line)["index"] for line in part.read_text().splitlines()}
+    missing = min(set(range(len(gsm8k_rows))) - done)
+    torn = json.dumps({"index": missing, "status": "ok", "step_outcomes": [[1.0, 1.0, 1.0]]})
+    with open(part, "ab") as f:
+        f.write(torn[: len(torn) // 2].encode())
+    assert len(store.read_results(output_dir)) == written
+
+    resumed_labeler = ERPRMLabeler(
+        model_name_or_path=answering_lm_path, output_dir=str(output_dir), grader=grader, **JOB
+    )
+    resumed = resumed_labeler.label(gsm8k_rows)
+    # Only the rows without a complete line were rolled out again.
+    expected = sum(n for i, n in enumerate(reference["num_rollouts"]) if i not in done)
+    assert resumed_labeler.summary["this_run"]["rollouts_generated"] == expected
+    assert resumed.to_list() == reference.to_list()  # row for row: none lost, none duplicated, same order
+    lines = part.read_bytes().splitlines()
+    assert len(lines) == len(gsm8k_rows)  # the torn line was truncated, every row written once
+    assert sorted(json.loads(line)["index"] for line in lines) == list(range(len(gsm8k_rows)))
+
+
+def test_cli_main_runs_a_job(answering_lm_path, gsm8k_rows, tmp_path):
+    data = _write_jsonl(gsm8k_rows[:1], tmp_path / "rows.jsonl")
+    dataset = main([*_cli_args(answering_lm_path, data, tmp_path / "job"), "--eta", "hard", "--num_rollouts", "2"])
+    assert dataset["status"] == ["ok"]
+    assert dataset[0]["labels"] == [max(o) for o in dataset[0]["step_outcomes"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data-parallel
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.multiprocess
+def test_two_process_accelerate_launch_equals_one_process_run(reference_run, answering_lm_path, gsm8k_rows, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 examples/erprm_label.py` on the CPU: the merged dataset of the
+    two processes equals the one-process run, row for row."""
+    _, reference, _ = reference_run
+    data = _write_jsonl(gsm8k_rows, tmp_path / "rows.jsonl")
+    output_dir = tmp_path / "job"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        # `--cpu` with 2 processes starts one process unless MPI is set up; `--multi_gpu` picks the torchrun
+        # launcher, and the labeler's PartialState(cpu=True) (no accelerator here) makes the processes use gloo.
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(REPO / "examples" / "erprm_label.py"),
+        *_cli_args(answering_lm_path, data, output_dir),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"status_counts": {"ok": 4}' in result.stdout
+    parts = sorted(p.name for p in (output_dir / "parts").glob("*.jsonl"))
+    assert parts == ["part-00000.jsonl", "part-00001.jsonl"]
+    # With batch_size=1 the rows alternate between the processes: each wrote its share.
+    for rank, name in enumerate(parts):
+        indices = [json.loads(line)["index"] for line in (output_dir / "parts" / name).read_text().splitlines()]
+        assert indices == list(range(rank, len(gsm8k_rows), 2))
+    from datasets import load_from_disk
+
+    merged = load_from_disk(str(output_dir / "dataset"))
+    assert merged.to_list() == reference.to_list()

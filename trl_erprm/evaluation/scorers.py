@@ -1,0 +1,430 @@
+"""PRM scorers: per-step scores of (prompt, steps) pairs, one interface for three kinds of process reward model.
+
+Every scorer has `score(prompts, steps) -> list[list[float]]`: for each solution, one score per step it could score.
+A solution can get fewer scores than it has steps when the sequence is cut at `max_length` (the steps past the cut
+are not scored); callers count that.
+
+- [`TokenClassificationScorer`]: `AutoModelForTokenClassification(num_labels=2)` trained with TRL's PRMTrainer or
+  [`~trl_erprm.ERPRMTrainer`]. Rows are laid out exactly as in training (TRL 1.13 `PRMTrainer.tokenize_row`: BOS if
+  the tokenizer has one, the prompt, then each step tokenized on its own followed by the separator ids); the score of
+  a step is `softmax(logits)[1]` at the last token of step + separator.
+- [`LMHeadScorer`]: a causal LM that reads two candidate tokens at a step tag (Math-Shepherd, ER-PRM, RLHFlow style).
+  The text is `prompt + prompt_separator + step_1 + step_tag + step_separator + step_2 + step_tag ...`, tokenized in
+  one piece; the tag of each step is found through the offset mapping (so a tag that merges with its neighbours is
+  still found), and the score is `softmax([l_good, l_bad])[0]` there
+  ([`~trl_erprm.functional.two_token_step_scores`]).
+- [`ImplicitPRMScorer`]: an [`~trl_erprm.ImplicitPRM`]; steps are joined with its `step_separator` and scored with
+  `score_steps` (`q` at step ends by default, or the step rewards).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..functional import two_token_step_scores
+from ..prm.prm_trainer import tokenize_stepwise_row
+
+
+logger = logging.getLogger(__name__)
+
+#: PRM kinds accepted by [`load_scorer`].
+PRM_TYPES = ("auto", "token_classification", "lm_head", "implicit")
+
+
+def _batches(order: list[int], batch_size: int, desc: str, total: int):
+    show = total > 4 * batch_size
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show, unit="batch"):
+        yield order[start : start + batch_size]
+
+
+def _pad_forward(model, sequences: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    """Right-padded forward pass; returns the logits `(B, T, C)` in float32."""
+    device = next(model.parameters()).device
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for b, seq in enumerate(sequences):
+        input_ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[b, : len(seq)] = 1
+    with torch.no_grad():
+        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+    return out.logits.float()
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return 0 if pad is None else int(pad)
+
+
+def _check_inputs(prompts: Sequence[str], steps: Sequence[Sequence[str]]) -> None:
+    if len(prompts) != len(steps):
+        raise ValueError(
+            f"score() got {len(prompts)} prompts but {len(steps)} step lists: pass one prompt per solution."
+        )
+    for i, (prompt, row) in enumerate(zip(prompts, steps)):
+        if not isinstance(prompt, str):
+            raise ValueError(f"Solution {i}: the prompt must be a string, got {type(prompt).__name__}.")
+        if isinstance(row, str) or not all(isinstance(s, str) for s in row):
+            raise ValueError(f"Solution {i}: steps must be a list of strings (split the solution with split_steps).")
+
+
+class TokenClassificationScorer:
+    """Per-step scores from a token-classification PRM (TRL PRMTrainer / ERPRMTrainer format).
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]):
+            An `AutoModelForTokenClassification` with 2 labels (class 1 = "the step is good").
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Its tokenizer.
+        step_separator (`str`, *optional*, defaults to `"\\n"`):
+            The separator the PRM was trained with (`PRMConfig.step_separator`), appended to every step.
+        batch_size (`int`, *optional*, defaults to `8`):
+            Solutions per forward pass.
+        max_length (`int`, *optional*):
+            Maximum prompt + completion tokens (the training `max_length`); steps past it get no score.
+    """
+
+    def __init__(
+        self, model, tokenizer, step_separator: str = "\n", batch_size: int = 8, max_length: int | None = None
+    ):
+        if getattr(model.config, "num_labels", 2) != 2:
+            raise ValueError(f"A token-classification PRM needs num_labels=2, got {model.config.num_labels}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.step_separator = step_separator
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    def layout(self, prompt: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Token ids of one solution and the position of the last token of each scored step + separator.
+
+        Args:
+            prompt (`str`):
+                The problem.
+            steps (`Sequence[str]`):
+                The solution's steps.
+
+        Returns:
+            `tuple[list[int], list[int]]`: The input ids and, per scored step in order, its label position.
+        """
+        features = {"prompt": prompt, "completions": list(steps), "labels": [1.0] * len(steps)}
+        input_ids, labels, _ = tokenize_stepwise_row(
+            features, self.tokenizer, self.step_separator, self.max_length, None, False, True, label_type=float
+        )
+        return input_ids, [t for t, label in enumerate(labels) if label != -100]
+
+    def score(self, prompts: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Score every step of every solution.
+
+        Args:
+            prompts (`Sequence[str]`):
+                One prompt per solution.
+            steps (`Sequence[Sequence[str]]`):
+                The steps of each solution.
+
+        Returns:
+            `list[list[float]]`: Per solution, `softmax(logits)[1]` at each scored step's label position.
+        """
+        _check_inputs(prompts, steps)
+        layouts = [self.layout(p, s) for p, s in zip(prompts, steps)]
+        out: list[list[float]] = [[] for _ in layouts]
+        order = sorted((i for i, (_, ends) in enumerate(layouts) if ends), key=lambda i: len(layouts[i][0]))
+        for chunk in _batches(order, self.batch_size, "PRM scoring", len(order)):
+            logits = _pad_forward(self.model, [layouts[i][0] for i in chunk], _pad_id(self.tokenizer))
+            probs = logits.softmax(-1)[..., 1]
+            for b, i in enumerate(chunk):
+                out[i] = probs[b, layouts[i][1]].tolist()
+        return out
+
+
+class LMHeadScorer:
+    """Per-step scores from a causal LM that reads a "good" and a "bad" token at each step tag (Math-Shepherd style).
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]):
+            An `AutoModelForCausalLM`.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Its fast tokenizer (offset mappings are needed).
+        step_tag (`str`, *optional*, defaults to `" ки"`):
+            Text appended to every step. Mind the leading space: `"ки"` and `" ки"` are different tokens in many
+            tokenizers; use the tag the PRM was trained with. A warning is logged when the token under a tag is not
+            the tag's own token.
+        good_token (`str`, *optional*, defaults to `"+"`):
+            The candidate meaning "good step"; must be one token.
+        bad_token (`str`, *optional*, defaults to `"-"`):
+            The candidate meaning "bad step"; must be one token.
+        prompt_separator (`str`, *optional*, defaults to `" "`):
+            Text between the prompt and the first step (Math-Shepherd: a space).
+        step_separator (`str`, *optional*, defaults to `"\\n"`):
+            Text between a step's tag and the next step.
+        batch_size (`int`, *optional*, defaults to `8`):
+            Solutions per forward pass.
+        max_length (`int`, *optional*):
+            Maximum tokens; steps whose tag lies past it get no score.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        step_tag: str = " ки",
+        good_token: str = "+",
+        bad_token: str = "-",
+        prompt_separator: str = " ",
+        step_separator: str = "\n",
+        batch_size: int = 8,
+        max_length: int | None = None,
+    ):
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("LMHeadScorer needs a fast tokenizer (it locates step tags with offset mappings).")
+        if not step_tag:
+            raise ValueError("step_tag must be a non-empty string such as ' ки'.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.step_tag = step_tag
+        self.good_token_id = self._single_token(good_token, "good_token")
+        self.bad_token_id = self._single_token(bad_token, "bad_token")
+        self.tag_token_id = tokenizer.encode(step_tag, add_special_tokens=False)[-1]
+        self.prompt_separator = prompt_separator
+        self.step_separator = step_separator
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.tag_mismatches = 0
+
+    def _single_token(self, text: str, name: str) -> int:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"{name}={text!r} is {len(ids)} tokens for this tokenizer; pass a single-token string.")
+        return ids[0]
+
+    def layout(self, prompt: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Token ids of one solution and the position of each scored step's tag.
+
+        Args:
+            prompt (`str`):
+                The problem.
+            steps (`Sequence[str]`):
+                The solution's steps.
+
+        Returns:
+            `tuple[list[int], list[int]]`: The input ids and, per scored step in order, the (last) token holding the
+            last character of its tag.
+        """
+        text, tag_ends = prompt + self.prompt_separator, []
+        for k, step in enumerate(steps):
+            text += step + self.step_tag
+            tag_ends.append(len(text) - 1)
+            if k + 1 < len(steps):
+                text += self.step_separator
+        encoded = self.tokenizer(text, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        positions, t = [], 0
+        for char in tag_ends:
+            while t < len(offsets) and not (offsets[t][0] <= char < offsets[t][1]):
+                t += 1
+            if t == len(offsets):
+                break
+            # Byte-level tokens can split a character (Cyrillic "и" is two bytes): take the last token holding it.
+            while t + 1 < len(offsets) and offsets[t + 1][0] <= char < offsets[t + 1][1]:
+                t += 1
+            positions.append(t)
+        if self.max_length is not None:
+            ids = ids[: self.max_length]
+            positions = [p for p in positions if p < self.max_length]
+        mismatched = sum(ids[p] != self.tag_token_id for p in positions)
+        if mismatched and not self.tag_mismatches:
+            logger.warning(
+                "The token under a step tag is not the tag's own token (%r is token %d): the tag merged with its "
+                "neighbours. Check step_tag (' ки' and 'ки' differ) and step_separator against the PRM's training data.",
+                self.step_tag,
+                self.tag_token_id,
+            )
+        self.tag_mismatches += mismatched
+        return ids, positions
+
+    def score(self, prompts: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Score every step of every solution.
+
+        Args:
+            prompts (`Sequence[str]`):
+                One prompt per solution.
+            steps (`Sequence[Sequence[str]]`):
+                The steps of each solution.
+
+        Returns:
+            `list[list[float]]`: Per solution, `softmax([l_good, l_bad])[0]` at each scored step's tag.
+        """
+        _check_inputs(prompts, steps)
+        layouts = [self.layout(p, s) if s else ([], []) for p, s in zip(prompts, steps)]
+        out: list[list[float]] = [[] for _ in layouts]
+        order = sorted((i for i, (_, ends) in enumerate(layouts) if ends), key=lambda i: len(layouts[i][0]))
+        for chunk in _batches(order, self.batch_size, "PRM scoring", len(order)):
+            logits = _pad_forward(self.model, [layouts[i][0] for i in chunk], _pad_id(self.tokenizer))
+            for b, i in enumerate(chunk):
+                at_tags = logits[b, layouts[i][1]]
+                out[i] = two_token_step_scores(at_tags, self.good_token_id, self.bad_token_id).tolist()
+        return out
+
+
+class ImplicitPRMScorer:
+    """Per-step values from an [`~trl_erprm.ImplicitPRM`].
+
+    Steps are joined with the PRM's `step_separator` (a step that itself contains the separator therefore counts as
+    several steps) and scored with `ImplicitPRM.score_steps`.
+
+    Args:
+        prm ([`~trl_erprm.ImplicitPRM`]):
+            The implicit PRM.
+        value (`str`, *optional*, defaults to `"q"`):
+            `"q"`: the implicit Q value at each step end (its minimum is the reference Best-of-N score);
+            `"step_reward"`: `q(end_k) - q(end_{k-1})`. Neither is a probability: choose step-evaluation thresholds
+            on a held-out split, and read weighted-majority results with care.
+    """
+
+    VALUES = {"q": "q_at_step_ends", "step_reward": "step_rewards"}
+
+    def __init__(self, prm, value: str = "q"):
+        if value not in self.VALUES:
+            raise ValueError(f"value must be one of {sorted(self.VALUES)}, got {value!r}.")
+        if not getattr(prm, "step_separator", None):
+            raise ValueError(
+                "ImplicitPRMScorer needs an ImplicitPRM with a step_separator (steps are joined with it)."
+            )
+        self.prm = prm
+        self.value = value
+
+    def score(self, prompts: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Score every step of every solution.
+
+        Args:
+            prompts (`Sequence[str]`):
+                One prompt per solution.
+            steps (`Sequence[Sequence[str]]`):
+                The steps of each solution.
+
+        Returns:
+            `list[list[float]]`: Per solution, the chosen value at each step end (empty for a solution without steps).
+        """
+        _check_inputs(prompts, steps)
+        keep = [i for i, s in enumerate(steps) if s]
+        out: list[list[float]] = [[] for _ in steps]
+        if keep:
+            completions = [self.prm.step_separator.join(steps[i]) for i in keep]
+            results = self.prm.score_steps([prompts[i] for i in keep], completions)
+            for i, result in zip(keep, results):
+                out[i] = [float(v) for v in result[self.VALUES[self.value]]]
+        return out
+
+
+def load_scorer(
+    model_name_or_path: str,
+    prm_type: str = "auto",
+    step_separator: str = "\n",
+    step_tag: str = " ки",
+    good_token: str = "+",
+    bad_token: str = "-",
+    ref_model: str | None = None,
+    beta: float = 0.05,
+    implicit_value: str = "q",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+):
+    """Load a PRM from a folder or Hub id and wrap it in the matching scorer.
+
+    Args:
+        model_name_or_path (`str`):
+            The PRM (safetensors weights only).
+        prm_type (`str`, *optional*, defaults to `"auto"`):
+            One of [`PRM_TYPES`]. `"auto"` picks `"token_classification"` when the config's architecture is a
+            `...ForTokenClassification`, else `"lm_head"`; `"implicit"` must be asked for.
+        step_separator (`str`, *optional*, defaults to `"\\n"`):
+            Token-classification: the training separator. LM head: text between a tag and the next step. Implicit:
+            the text that ends a step.
+        step_tag (`str`, *optional*, defaults to `" ки"`):
+            LM head only: the step tag.
+        good_token (`str`, *optional*, defaults to `"+"`):
+            LM head only: the "good" candidate token.
+        bad_token (`str`, *optional*, defaults to `"-"`):
+            LM head only: the "bad" candidate token.
+        ref_model (`str`, *optional*):
+            Implicit only: the reference model (`None`: reference-free).
+        beta (`float`, *optional*, defaults to `0.05`):
+            Implicit only: the implicit reward scale.
+        implicit_value (`str`, *optional*, defaults to `"q"`):
+            Implicit only: `"q"` or `"step_reward"` (see [`ImplicitPRMScorer`]).
+        batch_size (`int`, *optional*, defaults to `8`):
+            Solutions per forward pass.
+        max_length (`int`, *optional*):
+            Maximum tokens per solution.
+        dtype (`str`, *optional*, defaults to `"float32"`):
+            Weights dtype (`"float32"`, `"bfloat16"`, `"float16"` or `"auto"`).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Whether to run model code from the Hub.
+
+    Returns:
+        A scorer with `score(prompts, steps)`.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    if prm_type not in PRM_TYPES:
+        raise ValueError(f"prm_type must be one of {PRM_TYPES}, got {prm_type!r}.")
+    kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype), "use_safetensors": True}
+    kwargs["trust_remote_code"] = trust_remote_code
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if prm_type == "implicit":
+        from ..implicit_prm import ImplicitPRM
+
+        prm = ImplicitPRM(
+            model_name_or_path,
+            ref_model=ref_model,
+            beta=beta,
+            step_separator=step_separator,
+            batch_size=batch_size,
+            max_length=max_length,
+            model_init_kwargs=kwargs,
+        )
+        return ImplicitPRMScorer(prm, value=implicit_value)
+    if prm_type == "auto":
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        architectures = getattr(config, "architectures", None) or []
+        is_token_cls = any(a.endswith("ForTokenClassification") for a in architectures)
+        prm_type = "token_classification" if is_token_cls else "lm_head"
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    if prm_type == "token_classification":
+        model = AutoModelForTokenClassification.from_pretrained(model_name_or_path, **kwargs).to(device)
+        return TokenClassificationScorer(model, tokenizer, step_separator, batch_size, max_length)
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **kwargs).to(device)
+    return LMHeadScorer(
+        model,
+        tokenizer,
+        step_tag=step_tag,
+        good_token=good_token,
+        bad_token=bad_token,
+        step_separator=step_separator,
+        batch_size=batch_size,
+        max_length=max_length,
+    )
+
+
+def has_nan(values: Sequence[float]) -> bool:
+    """Whether a list of scores holds a NaN.
+
+    Args:
+        values (`Sequence[float]`):
+            Scores.
+
+    Returns:
+        `bool`: `True` if any value is NaN.
+    """
+    return any(math.isnan(v) for v in values)

@@ -1,0 +1,385 @@
+"""ProcessBench-style step evaluation: does the PRM find the first wrong step?
+
+Each item has a `problem`, its `steps` and a `label`: the index of the first wrong step, or `-1` when every step is
+right. The PRM scores every step; the predicted first error is the first step scoring below a threshold (`-1` if
+none); the report gives the accuracy on erroneous items, on error-free items, and their harmonic mean (F1). The
+threshold is given, or chosen to maximise F1 on a calibration set: another split (`calibration_split`) or a seeded
+random `calibration_fraction` of the items, which are then left out of the reported metrics.
+
+Stepwise-supervision data (`prompt`, `completions`, per-step `labels`) is accepted with `--label_format step_labels`:
+the first step labelled below 0.5 is the first error ([`stepwise_to_processbench`]).
+
+Bad input, counted in `results.json["bad_input"]`, never stops a run:
+
+- an item without steps (or with a step that is not a string), or whose label is not an index of its steps (nor -1): left out;
+- an item with more scores than steps (an implicit PRM splitting a step that contains its separator): left out;
+- steps past the PRM's `max_length` are not scored: the prediction uses the scored steps (`-1` if none is below);
+- a NaN step score counts as below the threshold.
+
+Scored items are written to `output_dir/parts/` chunk by chunk; a rerun with the same arguments resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .jobs import open_run_dir, run_writer, write_json
+from .metrics import choose_threshold, first_error_prediction, processbench_metrics
+from .scorers import load_scorer
+
+
+STEPEVAL_FORMAT = "trl-erprm-stepeval/1"
+STEPEVAL_REPORTS = ("results.json", "table.md")
+
+
+def stepwise_to_processbench(labels: Sequence[float], threshold: float = 0.5) -> int:
+    """First-error index of a stepwise-supervision row: the first step labelled below `threshold`, else `-1`.
+
+    Args:
+        labels (`Sequence[float]`):
+            Per-step labels in [0, 1] (1 = good step).
+        threshold (`float`, *optional*, defaults to `0.5`):
+            Labels below it mark a wrong step.
+
+    Returns:
+        `int`: The index of the first wrong step, or `-1`.
+    """
+    return next((i for i, v in enumerate(labels) if float(v) < threshold), -1)
+
+
+@dataclass
+class StepEvalArguments:
+    """Arguments of a ProcessBench-style step evaluation (`trl-erprm stepeval`).
+
+    Args:
+        dataset_name (`str`):
+            Items: a Hub id, a local data file or a `save_to_disk` folder.
+        dataset_config (`str`, *optional*):
+            Hub dataset configuration.
+        dataset_split (`str`, *optional*, defaults to `"test"`):
+            Split to evaluate.
+        max_items (`int`, *optional*):
+            Evaluate only the first items of each split.
+        problem_column (`str`, *optional*, defaults to `"problem"`):
+            Column of the problem text.
+        steps_column (`str`, *optional*, defaults to `"steps"`):
+            Column of the list of steps.
+        label_column (`str`, *optional*, defaults to `"label"`):
+            Column of the label.
+        label_format (`str`, *optional*, defaults to `"first_error"`):
+            `"first_error"` (ProcessBench: index of the first wrong step, -1 if none) or `"step_labels"` (one label in
+            [0, 1] per step, as in stepwise supervision).
+        scores_column (`str`, *optional*):
+            Column with per-step scores already computed: no PRM needed.
+        prm_model (`str`, *optional*):
+            The PRM. Required unless `scores_column` is set.
+        prm_type (`str`, *optional*, defaults to `"auto"`):
+            `"auto"`, `"token_classification"`, `"lm_head"` or `"implicit"`.
+        prm_step_separator (`str`, *optional*, defaults to `"\\n"`):
+            Separator the PRM was trained with (see `BestOfNArguments`).
+        step_tag (`str`, *optional*, defaults to `" ки"`):
+            LM-head PRMs: the step tag.
+        good_token (`str`, *optional*, defaults to `"+"`):
+            LM-head PRMs: the good-step token.
+        bad_token (`str`, *optional*, defaults to `"-"`):
+            LM-head PRMs: the bad-step token.
+        ref_model (`str`, *optional*):
+            Implicit PRMs: the reference model (`"adapter"` for a PEFT PRM's disabled adapter); `None` reference-free.
+        beta (`float`, *optional*, defaults to `0.05`):
+            Implicit PRMs: the reward scale.
+        implicit_value (`str`, *optional*, defaults to `"q"`):
+            Implicit PRMs: step value, `"q"` or `"step_reward"`.
+        prm_batch_size (`int`, *optional*, defaults to `8`):
+            Items per PRM forward pass.
+        max_length (`int`, *optional*):
+            Maximum PRM tokens per item.
+        dtype (`str`, *optional*, defaults to `"float32"`):
+            PRM weights dtype.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Whether to run model code from the Hub.
+        threshold (`float`, *optional*):
+            Scores below it mark an error. When `None`, it is chosen on the calibration set.
+        calibration_split (`str`, *optional*):
+            Split of the same dataset to choose the threshold on.
+        calibration_fraction (`float`, *optional*, defaults to `0.5`):
+            Without `threshold` nor `calibration_split`: the share of items (seeded random) used to choose the
+            threshold and left out of the reported metrics.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the calibration draw.
+        chunk_size (`int`, *optional*, defaults to `32`):
+            Items scored (and written) together.
+        output_dir (`str`, *optional*, defaults to `"stepeval"`):
+            Folder of the scored items and the reports.
+        overwrite (`bool`, *optional*, defaults to `False`):
+            Delete a different run's results found in `output_dir`.
+    """
+
+    dataset_name: str = field(metadata={"help": "Hub id, data file or save_to_disk folder of the items."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    dataset_split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    max_items: int | None = field(default=None, metadata={"help": "Evaluate only the first items of each split."})
+    problem_column: str = field(default="problem", metadata={"help": "Column of the problem text."})
+    steps_column: str = field(default="steps", metadata={"help": "Column of the steps."})
+    label_column: str = field(default="label", metadata={"help": "Column of the label."})
+    label_format: str = field(default="first_error", metadata={"help": "'first_error' or 'step_labels'."})
+    scores_column: str | None = field(default=None, metadata={"help": "Column of precomputed step scores."})
+    prm_model: str | None = field(default=None, metadata={"help": "The PRM (folder or Hub id)."})
+    prm_type: str = field(default="auto", metadata={"help": "auto, token_classification, lm_head or implicit."})
+    prm_step_separator: str = field(default="\n", metadata={"help": "Separator the PRM was trained with."})
+    step_tag: str = field(default=" ки", metadata={"help": "LM-head PRMs: the step tag."})
+    good_token: str = field(default="+", metadata={"help": "LM-head PRMs: the good-step token."})
+    bad_token: str = field(default="-", metadata={"help": "LM-head PRMs: the bad-step token."})
+    ref_model: str | None = field(default=None, metadata={"help": "Implicit PRMs: the reference model."})
+    beta: float = field(default=0.05, metadata={"help": "Implicit PRMs: the reward scale."})
+    implicit_value: str = field(default="q", metadata={"help": "Implicit PRMs: 'q' or 'step_reward'."})
+    prm_batch_size: int = field(default=8, metadata={"help": "Items per PRM forward pass."})
+    max_length: int | None = field(default=None, metadata={"help": "Maximum PRM tokens per item."})
+    dtype: str = field(default="float32", metadata={"help": "PRM weights dtype."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the Hub."})
+    threshold: float | None = field(default=None, metadata={"help": "Error threshold (default: calibrated)."})
+    calibration_split: str | None = field(default=None, metadata={"help": "Split to choose the threshold on."})
+    calibration_fraction: float = field(default=0.5, metadata={"help": "Share of items to calibrate on."})
+    seed: int = field(default=0, metadata={"help": "Seed of the calibration draw."})
+    chunk_size: int = field(default=32, metadata={"help": "Items scored and written together."})
+    output_dir: str = field(default="stepeval", metadata={"help": "Folder of scored items and reports."})
+    overwrite: bool = field(default=False, metadata={"help": "Delete a different run's results in output_dir."})
+
+    def __post_init__(self):
+        if self.label_format not in ("first_error", "step_labels"):
+            raise ValueError(f"label_format must be 'first_error' or 'step_labels', got {self.label_format!r}.")
+        if self.prm_model is None and self.scores_column is None:
+            raise ValueError("Pass --prm_model to score steps, or --scores_column if the dataset has scores.")
+        if not 0.0 < self.calibration_fraction < 1.0:
+            raise ValueError(f"calibration_fraction must be in (0, 1), got {self.calibration_fraction}.")
+        if self.chunk_size < 1 or self.prm_batch_size < 1:
+            raise ValueError("chunk_size and prm_batch_size must be >= 1.")
+
+    def job(self) -> dict:
+        """The arguments that decide the scored items (the resumption identity of a run).
+
+        Returns:
+            `dict`: All fields except the threshold choice, speed settings and the folder itself.
+        """
+        skip = {"output_dir", "overwrite", "threshold", "calibration_fraction", "seed", "chunk_size", "prm_batch_size"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+def _load_items(args: StepEvalArguments) -> list[dict]:
+    """Rows of the evaluated split, then of the calibration split, with a `part` field."""
+    from ..data import load_any_dataset
+
+    items = []
+    splits = [("eval", args.dataset_split)] + (
+        [("calibration", args.calibration_split)] if args.calibration_split else []
+    )
+    for part, split in splits:
+        dataset = load_any_dataset(args.dataset_name, args.dataset_config, split)
+        if args.max_items is not None:
+            dataset = dataset.select(range(min(args.max_items, len(dataset))))
+        needed = [args.problem_column, args.steps_column, args.label_column]
+        needed += [args.scores_column] if args.scores_column else []
+        missing = [c for c in needed if c not in dataset.column_names]
+        if missing:
+            raise ValueError(
+                f"Split {split!r} of {args.dataset_name!r} has no column(s) {missing}; its columns are "
+                f"{dataset.column_names}. Pass --problem_column / --steps_column / --label_column."
+            )
+        for row in dataset.select_columns(needed):
+            items.append({"part": part, **{k: row[k] for k in needed}})
+    return items
+
+
+def _item_label(args: StepEvalArguments, value, num_steps: int) -> int | None:
+    """The first-error label of an item, or `None` when it is not usable."""
+    if args.label_format == "step_labels":
+        if not isinstance(value, (list, tuple)) or len(value) != num_steps:
+            return None
+        return stepwise_to_processbench(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        return None
+    return int(value) if -1 <= int(value) < num_steps else None
+
+
+def score_items(args: StepEvalArguments) -> tuple[list[dict], list[dict]]:
+    """Score the steps of every item, resuming from `output_dir`.
+
+    Args:
+        args ([`StepEvalArguments`]):
+            The arguments.
+
+    Returns:
+        `tuple[list[dict], list[dict]]`: The input items and, in the same order, their records (`index`, `part`,
+        `label`, `num_steps`, `scores`).
+    """
+    items = _load_items(args)
+    done = open_run_dir(args.output_dir, STEPEVAL_FORMAT, args.job(), items, args.overwrite, STEPEVAL_REPORTS)
+    todo = [i for i in range(len(items)) if i not in done]
+    if todo:
+        from tqdm.auto import tqdm
+
+        scorer = None
+        if args.scores_column is None:
+            scorer = load_scorer(
+                args.prm_model,
+                prm_type=args.prm_type,
+                step_separator=args.prm_step_separator,
+                step_tag=args.step_tag,
+                good_token=args.good_token,
+                bad_token=args.bad_token,
+                ref_model=args.ref_model,
+                beta=args.beta,
+                implicit_value=args.implicit_value,
+                batch_size=args.prm_batch_size,
+                max_length=args.max_length,
+                dtype=args.dtype,
+                trust_remote_code=args.trust_remote_code,
+            )
+        with run_writer(args.output_dir) as writer, tqdm(total=len(items), initial=len(done), desc="Steps") as bar:
+            for start in range(0, len(todo), args.chunk_size):
+                chunk = todo[start : start + args.chunk_size]
+                steps = [
+                    [s for s in items[i][args.steps_column] if isinstance(s, str)]
+                    if isinstance(items[i][args.steps_column], list)
+                    else []
+                    for i in chunk
+                ]
+                if scorer is not None:
+                    prompts = [str(items[i][args.problem_column]) for i in chunk]
+                    scores = scorer.score(prompts, steps)
+                else:
+                    scores = [[float(v) for v in (items[i][args.scores_column] or [])] for i in chunk]
+                records = []
+                for i, item_steps, item_scores in zip(chunk, steps, scores):
+                    raw_steps = items[i][args.steps_column]
+                    num_steps = len(raw_steps) if isinstance(raw_steps, list) else 0
+                    label = _item_label(args, items[i][args.label_column], num_steps)
+                    records.append(
+                        {
+                            "index": i,
+                            "part": items[i]["part"],
+                            "label": label,
+                            "num_steps": num_steps if len(item_steps) == num_steps else -1,
+                            "scores": item_scores,
+                        }
+                    )
+                writer.write(records)
+                done.update({r["index"]: r for r in records})
+                bar.update(len(chunk))
+    return items, [done[i] for i in range(len(items))]
+
+
+def step_eval_report(records: list[dict], args: StepEvalArguments) -> dict:
+    """Threshold, metrics and bad-input counts from scored item records.
+
+    Args:
+        records (`list[dict]`):
+            The records of [`score_items`].
+        args ([`StepEvalArguments`]):
+            Threshold arguments (`threshold`, `calibration_split`, `calibration_fraction`, `seed`).
+
+    Returns:
+        `dict`: `threshold`, `threshold_source`, `eval` and `calibration` metrics ([`processbench_metrics`] plus
+        `num_items`), and `bad_input` counts.
+    """
+    bad = {"items_without_valid_steps": 0, "items_bad_label": 0, "items_step_count_mismatch": 0}
+    bad.update({"items_truncated": 0, "items_with_nan_scores": 0})
+    usable = []
+    for r in records:
+        if r["num_steps"] <= 0:
+            bad["items_without_valid_steps"] += 1
+        elif r["label"] is None:
+            bad["items_bad_label"] += 1
+        elif len(r["scores"]) > r["num_steps"]:
+            bad["items_step_count_mismatch"] += 1
+        else:
+            bad["items_truncated"] += len(r["scores"]) < r["num_steps"]
+            bad["items_with_nan_scores"] += any(math.isnan(s) for s in r["scores"])
+            usable.append(r)
+    evaluated = [r for r in usable if r["part"] == "eval"]
+    calibration = [r for r in usable if r["part"] == "calibration"]
+    source = "given"
+    if args.threshold is None and not args.calibration_split:
+        rng = np.random.default_rng(args.seed)
+        chosen = set(rng.permutation(len(evaluated))[: max(1, round(args.calibration_fraction * len(evaluated)))])
+        calibration = [r for k, r in enumerate(evaluated) if k in chosen]
+        evaluated = [r for k, r in enumerate(evaluated) if k not in chosen]
+        source = f"held-out {args.calibration_fraction:.0%} of the items (seed {args.seed})"
+    elif args.threshold is None:
+        source = f"split {args.calibration_split!r}"
+    threshold = args.threshold
+    if threshold is None:
+        threshold, _ = choose_threshold([r["scores"] for r in calibration], [r["label"] for r in calibration])
+
+    def metrics(rows: list[dict]) -> dict:
+        predictions = [first_error_prediction(r["scores"], threshold) for r in rows]
+        return {**processbench_metrics([r["label"] for r in rows], predictions), "num_items": len(rows)}
+
+    return {
+        "threshold": threshold,
+        "threshold_source": source,
+        "eval": metrics(evaluated),
+        "calibration": metrics(calibration) if calibration else None,
+        "bad_input": bad,
+    }
+
+
+def _table(report: dict) -> str:
+    lines = ["| set | items | error acc | correct acc | F1 |", "|---|---:|---:|---:|---:|"]
+    for name in ("eval", "calibration"):
+        m = report[name]
+        if m is not None:
+            cells = [
+                f"{100 * m[k]:.1f}" if not math.isnan(m[k]) else "n/a"
+                for k in ("error_accuracy", "correct_accuracy", "f1")
+            ]
+            lines.append(f"| {name} | {m['num_items']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nthreshold = {report['threshold']:.4g} ({report['threshold_source']})"
+
+
+def run_step_eval(args: StepEvalArguments) -> dict:
+    """Run a step evaluation end to end: score (resumably), choose or apply the threshold, write the reports.
+
+    Args:
+        args ([`StepEvalArguments`]):
+            The arguments.
+
+    Returns:
+        `dict`: The report written to `output_dir/results.json` (see [`step_eval_report`]) plus `table`.
+    """
+    _, records = score_items(args)
+    report = step_eval_report(records, args)
+    report["arguments"] = asdict(args)
+    table = _table(report)
+    out = Path(args.output_dir)
+    (out / "table.md").write_text(table + "\n")
+    write_json(out / "results.json", report)
+    print(table)
+    print(f"Bad input (see the rules in trl_erprm/evaluation/stepeval.py): {report['bad_input']}")
+    return {**report, "table": table}
+
+
+def stepeval_main(argv: list[str] | None = None) -> dict:
+    """Command-line entry point of `trl-erprm stepeval`.
+
+    Args:
+        argv (`list[str]`, *optional*):
+            Arguments (defaults to `sys.argv[1:]`); a YAML file can be given with `--config`.
+
+    Returns:
+        `dict`: The report of [`run_step_eval`].
+    """
+    from trl import TrlParser
+
+    parser = TrlParser((StepEvalArguments,), prog="trl-erprm stepeval")
+    (args,) = parser.parse_args_and_config(argv)
+    return run_step_eval(args)
+
+
+if __name__ == "__main__":
+    stepeval_main(sys.argv[1:])

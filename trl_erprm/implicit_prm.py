@@ -1,0 +1,723 @@
+"""Implicit process reward model (Yuan et al., "Free Process Rewards without Process Labels", arXiv:2412.01981).
+
+A causal LM `pi_theta` trained against a reference `pi_ref` on outcome labels only gives a process reward for free:
+every completion token `y_t` gets `r_t = beta * (log pi_theta(y_t|y<t) - log pi_ref(y_t|y<t))`, the running sum
+`q_t = sum_{i<=t} r_i` is a Q value, and step `k` is rewarded `q(end of step k) - q(end of step k-1)`.
+
+[`ImplicitPRM`] wraps such a model as a plain callable that [`~trl.GRPOTrainer`] accepts as a reward function, and
+exposes the per-token and per-step values for PRIME and Best-of-N evaluation. All the math lives in
+[`trl_erprm.functional`]; this module only tokenizes, batches and runs the models.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .functional import (
+    STEP_AGGREGATIONS,
+    aggregate_steps,
+    gather_step_values,
+    implicit_q_values,
+    implicit_step_rewards,
+    implicit_token_rewards,
+    selective_log_softmax,
+)
+
+
+__all__ = [
+    "ImplicitPRM",
+    "completion_logps",
+    "completion_text",
+    "encode_prompt",
+    "load_causal_lm",
+    "step_end_char_indices",
+    "step_end_token_indices",
+    "truncate_to_max_length",
+]
+
+#: Message roles whose content a conversational completion may carry.
+_COMPLETION_ROLES = ("assistant",)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Small pure helpers (text and token bookkeeping)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def step_end_char_indices(text: str, separator: str | None = "\n\n") -> list[int]:
+    """Index of the last character of each step of `text`.
+
+    Steps are the pieces between occurrences of `separator`; the separator belongs to the step it ends. A run of
+    consecutive separators counts as one boundary, and a separator at the very start of the text (an empty step) is
+    merged into the step that follows, so every step holds at least one non-separator character (except a text made of
+    separators only, which is one step). The last step ends at the last character of the text.
+
+    Args:
+        text (`str`):
+            The completion text.
+        separator (`str` or `None`, *optional*, defaults to `"\\n\\n"`):
+            The step separator. `None` makes the whole text one step.
+
+    Returns:
+        `list[int]`: Increasing character indices, one per step; empty for an empty text.
+
+    Example:
+        `step_end_char_indices("a.\\n\\nb", "\\n\\n")` is `[3, 4]`: step 1 is `"a.\\n\\n"`, step 2 is `"b"`.
+    """
+    if not text:
+        return []
+    if separator is None:
+        return [len(text) - 1]
+    if not separator:
+        raise ValueError("step_separator must be a non-empty string (or None for one step per completion).")
+    ends: list[int] = []
+    content_start = 0
+    position = text.find(separator)
+    while position != -1:
+        end = position + len(separator)
+        while text.startswith(separator, end):  # a run of separators is one boundary
+            end += len(separator)
+        if position > content_start:  # a step with content before the separator
+            ends.append(end - 1)
+        content_start = end
+        position = text.find(separator, end)
+    if content_start < len(text) or not ends:
+        ends.append(len(text) - 1)
+    return ends
+
+
+def step_end_token_indices(offsets: Sequence[tuple[int, int]], char_ends: Sequence[int]) -> list[int]:
+    """Map the last character of each step to the token that holds it.
+
+    A step ends at the LAST token whose character span starts at or before the step's last character. This is right
+    when a token merges the separator with its neighbours (a `".\\n\\n"` token ends the step it closes; a
+    `"\\n\\nThe"` token, which also starts the next step, is counted as the end of the step it closes) and when a
+    character is split over several byte tokens (the step ends at the last of them). Steps that fall on the same token
+    are merged, and the last step always ends at the last token.
+
+    Args:
+        offsets (sequence of `(int, int)`):
+            Character span `(start, end)` of each completion token, as returned by a fast tokenizer with
+            `return_offsets_mapping=True` and `add_special_tokens=False`.
+        char_ends (sequence of `int`):
+            Last character of each step (see [`step_end_char_indices`]).
+
+    Returns:
+        `list[int]`: Increasing token indices, one per step; empty when there are no tokens.
+    """
+    if len(offsets) == 0:
+        return []
+    starts = [start for start, _ in offsets]
+    token_ends = sorted({max(0, bisect.bisect_right(starts, c) - 1) for c in char_ends})
+    token_ends = [t for t in token_ends if t < len(offsets) - 1]
+    return [*token_ends, len(offsets) - 1]
+
+
+def truncate_to_max_length(
+    prompt_ids: list[int], completion_ids: list[int], max_length: int | None
+) -> tuple[list[int], list[int], bool]:
+    """Fit `prompt_ids + completion_ids` into `max_length` tokens.
+
+    The prompt is cut from the left first (its most recent tokens are kept); if the completion alone does not fit next
+    to one prompt token, the completion is cut at the end to `max_length - 1` tokens (the first completion token needs
+    at least one token of context).
+
+    Args:
+        prompt_ids (`list[int]`):
+            Prompt token ids (at least one).
+        completion_ids (`list[int]`):
+            Completion token ids.
+        max_length (`int` or `None`):
+            Maximum number of tokens, at least 2; `None` keeps everything.
+
+    Returns:
+        `tuple[list[int], list[int], bool]`: The kept prompt ids, the kept completion ids, and whether anything was cut.
+    """
+    if max_length is None or len(prompt_ids) + len(completion_ids) <= max_length:
+        return prompt_ids, completion_ids, False
+    if max_length < 2:
+        raise ValueError(
+            f"max_length must be at least 2 (one prompt token and one completion token), got {max_length}."
+        )
+    completion_ids = completion_ids[: max_length - 1]
+    prompt_ids = prompt_ids[-(max_length - len(completion_ids)) :]
+    return prompt_ids, completion_ids, True
+
+
+def _is_conversational(value: Any) -> bool:
+    return isinstance(value, list) and (len(value) == 0 or isinstance(value[0], dict))
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], index: int = 0) -> list[int]:
+    """Tokenize a prompt the way [`~trl.GRPOTrainer`] does.
+
+    A standard prompt (`str`) is tokenized with the tokenizer's special tokens (a BOS where the tokenizer adds one). A
+    conversational prompt (list of messages) is rendered with the chat template and `add_generation_prompt=True`, then
+    tokenized without adding special tokens (the template writes its own).
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Tokenizer of the PRM.
+        prompt (`str` or `list[dict]`):
+            The prompt.
+        index (`int`, *optional*, defaults to `0`):
+            Row index, quoted in errors.
+
+    Returns:
+        `list[int]`: The prompt token ids (never empty).
+    """
+    if _is_conversational(prompt):
+        if tokenizer.chat_template is None:
+            raise ValueError(
+                f"Row {index}: field 'prompt' is a list of messages but the tokenizer has no chat template. Set "
+                "`tokenizer.chat_template` or pass the prompt as a string."
+            )
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    elif isinstance(prompt, str):
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    else:
+        raise ValueError(
+            f"Row {index}: field 'prompt' must be a string or a list of messages, got {type(prompt).__name__}."
+        )
+    if len(ids) == 0:
+        raise ValueError(
+            f"Row {index}: field 'prompt' tokenizes to no token, so the first completion token has no context. Pass a "
+            "non-empty prompt."
+        )
+    return list(ids)
+
+
+def completion_text(completion: str | list[dict], index: int = 0) -> str:
+    """The text of a completion: the string itself, or the content of a conversational completion's one message.
+
+    Args:
+        completion (`str` or `list[dict]`):
+            A standard completion or a conversational one (a list holding one assistant message).
+        index (`int`, *optional*, defaults to `0`):
+            Row index, quoted in errors.
+
+    Returns:
+        `str`: The completion text.
+    """
+    if isinstance(completion, str):
+        return completion
+    if _is_conversational(completion):
+        if len(completion) != 1 or completion[0].get("role") not in _COMPLETION_ROLES:
+            raise ValueError(
+                f"Row {index}: field 'completion' must hold exactly one assistant message to be scored, got "
+                f"{len(completion)} message(s) with roles {[m.get('role') for m in completion]}. Multi-turn completions "
+                "(tool calls) are not supported: score the final assistant message as a string completion."
+            )
+        content = completion[0].get("content")
+        if not isinstance(content, str):
+            raise ValueError(
+                f"Row {index}: field 'completion' has a message content of type {type(content).__name__}; only text "
+                "content (a string) can be scored."
+            )
+        return content
+    raise ValueError(
+        f"Row {index}: field 'completion' must be a string or a list of messages, got {type(completion).__name__}."
+    )
+
+
+def load_causal_lm(name_or_path: str | os.PathLike, model_init_kwargs: dict | None = None) -> PreTrainedModel:
+    """Load a causal LM (or a PEFT adapter folder on top of its base) from safetensors weights.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`):
+            Model id or folder. A folder with an `adapter_config.json` is loaded as a PEFT model.
+        model_init_kwargs (`dict`, *optional*):
+            Keyword arguments for `from_pretrained` (`dtype` may be a string such as `"bfloat16"`). `trust_remote_code`
+            is `False` unless given here; `use_safetensors` is always `True`.
+
+    Returns:
+        [`~transformers.PreTrainedModel`] or `peft.PeftModel`: The model.
+    """
+    kwargs = dict(model_init_kwargs or {})
+    dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    kwargs.setdefault("trust_remote_code", False)
+    kwargs["use_safetensors"] = True
+    if os.path.isfile(os.path.join(str(name_or_path), "adapter_config.json")):
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    return AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _is_peft_model(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _name_or_path(model: torch.nn.Module) -> str | None:
+    if _is_peft_model(model):
+        model = model.get_base_model()
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", None) or None
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Put `model` in eval mode (no dropout, no gradient checkpointing) and restore its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def completion_logps(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int
+) -> torch.Tensor:
+    """Log-probabilities of the last `logits_to_keep` tokens of `input_ids` under `model` (one forward pass).
+
+    Position ids are derived from the attention mask, so left-padded prompts score exactly like unpadded ones.
+
+    Args:
+        model (`torch.nn.Module`):
+            A causal LM (possibly a `PeftModel` or a distributed wrapper) accepting `logits_to_keep`.
+        input_ids (`torch.Tensor`):
+            Token ids of shape `(B, L)`: left-padded prompt then right-padded completion.
+        attention_mask (`torch.Tensor`):
+            Shape `(B, L)`, 1 on real tokens.
+        logits_to_keep (`int`):
+            Number `T` of trailing positions to score (the padded completion length), `1 <= T < L`.
+
+    Returns:
+        `torch.Tensor`: Log-probabilities of shape `(B, T)`, float32; the graph is kept if gradients are enabled.
+    """
+    if not 1 <= logits_to_keep < input_ids.shape[1]:
+        raise ValueError(
+            f"logits_to_keep must be in [1, {input_ids.shape[1] - 1}] for sequences of length {input_ids.shape[1]}, "
+            f"got {logits_to_keep}."
+        )
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    outputs = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=logits_to_keep + 1,
+        use_cache=False,
+    )
+    logits = outputs.logits[:, -(logits_to_keep + 1) : -1, :]  # position t predicts token t + 1
+    return selective_log_softmax(logits, input_ids[:, -logits_to_keep:])
+
+
+@dataclass
+class _Encoded:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    step_ends: list[int]  # token index (within the completion) of the last token of each step
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ImplicitPRM
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ImplicitPRM:
+    r"""An implicit PRM as a reward function for [`~trl.GRPOTrainer`], and a step scorer.
+
+    Per completion token `r_t = beta * (log pi_theta(y_t|y<t) - log pi_ref(y_t|y<t))` (or `beta * log pi_theta` with
+    no reference), `q_t = sum_{i<=t} r_i`; step `k` ends at the token holding the last character of its separator and
+    is rewarded `q(end_k) - q(end_{k-1})`; a completion is scored by aggregating `q` at the step ends (`"min"`, as the
+    reference implementation does for Best-of-N; `"last"` is the outcome reward `beta * log pi_theta(y)/pi_ref(y)`).
+
+    This is a plain callable object, not an `nn.Module`: GRPOTrainer would treat a module as a sequence classifier.
+
+    Defined behaviour on unusual input:
+        - A completion without separator is one step.
+        - An empty completion has no step and scores `0.0` (the empty sum of token rewards), never NaN.
+        - A prompt + completion longer than `max_length` is truncated with a warning: the prompt is cut from the left
+          first, then the completion at its end (steps beyond the cut are dropped).
+        - Completions are re-tokenized from their text with the PRM's tokenizer (so the PRM may use another tokenizer
+          than the policy); `completion_ids` from GRPOTrainer are ignored and no EOS token is appended.
+
+    Args:
+        model (`str`, [`~transformers.PreTrainedModel`] or `peft.PeftModel`):
+            The PRM causal LM `pi_theta`, or its path / id (a folder with `adapter_config.json` loads as a PEFT model).
+        ref_model (`str`, [`~transformers.PreTrainedModel`] or `None`, *optional*, defaults to `"adapter"`):
+            The reference `pi_ref`: `"adapter"` uses `model` with its PEFT adapter disabled (one model in memory;
+            `model` must be a `PeftModel`), a path / id or a model gives a separate reference, `None` the
+            reference-free variant.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            A fast tokenizer of the PRM (needs offset mappings). Loaded from the model's path when `None`.
+        beta (`float`, *optional*, defaults to `0.05`):
+            Scale of the implicit reward (the value the PRM was trained with).
+        step_separator (`str` or `None`, *optional*, defaults to `"\\n\\n"`):
+            Text that ends a step; `None` makes each completion one step.
+        aggregation (`str`, *optional*, defaults to `"min"`):
+            How `q` at the step ends becomes one score, one of [`~trl_erprm.functional.STEP_AGGREGATIONS`] (`"min"`,
+            `"max"`, `"sum"`, `"mean"`, `"prod"`, `"last"`).
+        batch_size (`int`, *optional*, defaults to `8`):
+            Sequences per forward pass (bounds memory).
+        max_length (`int`, *optional*):
+            Maximum prompt + completion tokens. Defaults to the model's `max_position_embeddings` (or the tokenizer's
+            `model_max_length` when smaller).
+        model_init_kwargs (`dict`, *optional*):
+            Keyword arguments for `from_pretrained` when `model` or `ref_model` is a path (e.g. `{"dtype":
+            "bfloat16"}`); `trust_remote_code` is off unless set here.
+
+    Attributes:
+        model: The PRM causal LM (possibly a `PeftModel`).
+        ref_model: The separate reference model, or `None` (adapter-disabled or reference-free).
+        tokenizer: The tokenizer.
+        beta, step_separator, aggregation: As above.
+        has_reference (`bool`): Whether rewards are log-ratios against a reference (separate or adapter-disabled).
+        reference_is_adapter (`bool`): Whether the reference is `model` with its adapter disabled.
+
+    Example:
+        ```python
+        prm = ImplicitPRM("path/to/prm", ref_model="path/to/sft", beta=0.05)
+        trainer = GRPOTrainer(model=..., reward_funcs=[prm, accuracy_reward], ...)
+        prm.score_steps(["1 + 1?"], ["1 + 1 = 2.\\n\\n\\\\boxed{2}"])
+        ```
+    """
+
+    __name__ = "implicit_prm"
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        ref_model: str | PreTrainedModel | None = "adapter",
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        beta: float = 0.05,
+        step_separator: str | None = "\n\n",
+        aggregation: str = "min",
+        batch_size: int = 8,
+        max_length: int | None = None,
+        model_init_kwargs: dict | None = None,
+    ):
+        if aggregation not in STEP_AGGREGATIONS:
+            raise ValueError(f"Unknown aggregation {aggregation!r}; choose one of {sorted(STEP_AGGREGATIONS)}.")
+        if step_separator is not None and not step_separator:
+            raise ValueError("step_separator must be a non-empty string, or None for one step per completion.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}.")
+
+        model_path = None
+        if isinstance(model, (str, os.PathLike)):
+            model_path = str(model)
+            model = load_causal_lm(model_path, model_init_kwargs)
+            model.eval()
+        self.model = model
+
+        self.reference_is_adapter = isinstance(ref_model, str) and ref_model == "adapter"
+        if self.reference_is_adapter:
+            if not _is_peft_model(model):
+                raise ValueError(
+                    "ref_model='adapter' needs `model` to be a peft.PeftModel (the reference is the same model with its "
+                    "adapter disabled). Pass the reference model or its path as `ref_model`, or `ref_model=None` for "
+                    "the reference-free variant."
+                )
+            self.ref_model = None
+        elif isinstance(ref_model, (str, os.PathLike)):
+            self.ref_model = load_causal_lm(ref_model, model_init_kwargs)
+            if not (model_init_kwargs or {}).get("device_map"):
+                self.ref_model.to(_model_device(model))
+            self.ref_model.eval().requires_grad_(False)
+        else:
+            self.ref_model = ref_model
+        self.has_reference = self.reference_is_adapter or self.ref_model is not None
+
+        if tokenizer is None:
+            source = model_path
+            if source is None or (
+                os.path.isdir(source) and not os.path.isfile(os.path.join(source, "tokenizer_config.json"))
+            ):
+                source = _name_or_path(model)  # e.g. an adapter folder saved without its tokenizer: the base's
+            if source is None:
+                raise ValueError("Pass `tokenizer`: it cannot be found from the model (no `config._name_or_path`).")
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(
+                "ImplicitPRM needs a fast tokenizer (it maps step separators to tokens with offset mappings). Load it "
+                "with `AutoTokenizer.from_pretrained(..., use_fast=True)`."
+            )
+        self.tokenizer = tokenizer
+        self.beta = float(beta)
+        self.step_separator = step_separator
+        self.aggregation = aggregation
+        self.batch_size = int(batch_size)
+        self.max_length = max_length if max_length is not None else self._default_max_length()
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {self.max_length}.")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = 0 if pad is None else int(pad)
+
+    def __repr__(self) -> str:
+        reference = "adapter-disabled" if self.reference_is_adapter else ("separate" if self.ref_model else "none")
+        return (
+            f"ImplicitPRM(model={_name_or_path(self.model)!r}, reference={reference}, beta={self.beta}, "
+            f"step_separator={self.step_separator!r}, aggregation={self.aggregation!r}, batch_size={self.batch_size}, "
+            f"max_length={self.max_length})"
+        )
+
+    def _default_max_length(self) -> int | None:
+        config = getattr(self.model, "config", None)
+        limits = [getattr(config, "max_position_embeddings", None), getattr(self.tokenizer, "model_max_length", None)]
+        limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**7]
+        return min(limits) if limits else None
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Tensor API (GRPO layout: left-padded prompt, right-padded completion)
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def compute_logps(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int,
+        reference: bool = False,
+        grad: bool = False,
+    ) -> torch.Tensor | None:
+        """Log-probabilities of the last `logits_to_keep` tokens under the PRM or its reference.
+
+        Runs in chunks of `batch_size` rows. With `grad=False` it runs under `torch.no_grad()` with the model in eval
+        mode (restored afterwards); with `grad=True` the graph is kept and the model's mode is left alone (PRIME's
+        online PRM update).
+
+        Args:
+            input_ids (`torch.Tensor`):
+                Shape `(B, L)`: left-padded prompts followed by right-padded completions.
+            attention_mask (`torch.Tensor`):
+                Shape `(B, L)`.
+            logits_to_keep (`int`):
+                Completion length `T` (the trailing positions to score).
+            reference (`bool`, *optional*, defaults to `False`):
+                Score under the reference (the separate reference model, or the PRM with its adapter disabled).
+            grad (`bool`, *optional*, defaults to `False`):
+                Keep the autograd graph (only meaningful for `reference=False`).
+
+        Returns:
+            `torch.Tensor` or `None`: Log-probabilities of shape `(B, T)`, float32, on `input_ids.device`; `None` when
+            `reference=True` and there is no reference.
+        """
+        if reference and not self.has_reference:
+            return None
+        model = self.ref_model if (reference and not self.reference_is_adapter) else self.model
+        device = _model_device(model)
+        adapter_off = (
+            model.disable_adapter() if (reference and self.reference_is_adapter) else contextlib.nullcontext()
+        )
+        grad_context = contextlib.nullcontext() if (grad and not reference) else torch.no_grad()
+        mode_context = contextlib.nullcontext() if (grad and not reference) else _eval_mode(model)
+        chunks = []
+        with grad_context, mode_context, adapter_off:
+            for start in range(0, input_ids.shape[0], self.batch_size):
+                ids = input_ids[start : start + self.batch_size].to(device)
+                mask = attention_mask[start : start + self.batch_size].to(device)
+                chunks.append(completion_logps(model, ids, mask, logits_to_keep))
+        return torch.cat(chunks).to(input_ids.device)
+
+    def token_rewards_from_ids(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int,
+        completion_mask: torch.Tensor,
+        ref_logps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-token implicit rewards `beta * (log pi_theta - log pi_ref)` of the completion tokens, without gradient.
+
+        Args:
+            input_ids (`torch.Tensor`):
+                Shape `(B, L)`: left-padded prompts followed by right-padded completions.
+            attention_mask (`torch.Tensor`):
+                Shape `(B, L)`.
+            logits_to_keep (`int`):
+                Completion length `T`.
+            completion_mask (`torch.Tensor`):
+                Shape `(B, T)`; rewards are 0 where it is 0.
+            ref_logps (`torch.Tensor`, *optional*):
+                Reference log-probabilities of shape `(B, T)` computed elsewhere (e.g. GRPO's `ref_per_token_logps` or
+                the old policy's log-probs). When `None`, the PRM's own reference is used (or none).
+
+        Returns:
+            `torch.Tensor`: Rewards of shape `(B, T)`, float32, on `input_ids.device`.
+        """
+        logps = self.compute_logps(input_ids, attention_mask, logits_to_keep)
+        if ref_logps is None:
+            ref_logps = self.compute_logps(input_ids, attention_mask, logits_to_keep, reference=True)
+        else:
+            ref_logps = ref_logps.detach().to(device=logps.device, dtype=logps.dtype)
+        return implicit_token_rewards(logps, ref_logps, self.beta, completion_mask.to(logps.device))
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Text API
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _encode(self, prompts: Sequence, completions: Sequence) -> list[_Encoded]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"Got {len(prompts)} prompts but {len(completions)} completions; pass one prompt each.")
+        encoded, truncated = [], 0
+        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+            prompt_ids = encode_prompt(self.tokenizer, prompt, i)
+            text = completion_text(completion, i)
+            tokens = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            completion_ids = list(tokens["input_ids"])
+            step_ends = step_end_token_indices(
+                tokens["offset_mapping"], step_end_char_indices(text, self.step_separator)
+            )
+            prompt_ids, kept_ids, cut = truncate_to_max_length(prompt_ids, completion_ids, self.max_length)
+            if len(kept_ids) < len(completion_ids):
+                step_ends = [e for e in step_ends if e < len(kept_ids) - 1] + [len(kept_ids) - 1]
+            truncated += cut
+            encoded.append(_Encoded(prompt_ids, kept_ids, step_ends))
+        if truncated:
+            warnings.warn(
+                f"ImplicitPRM: {truncated} of {len(encoded)} prompt + completion pairs exceed max_length="
+                f"{self.max_length} tokens and were truncated (prompt cut from the left first, then the completion at "
+                "its end). Raise `max_length` if the model supports longer inputs.",
+                stacklevel=3,
+            )
+        return encoded
+
+    def _score_encoded(self, encoded: list[_Encoded], progress: bool = False) -> list[dict[str, torch.Tensor]]:
+        """Token rewards, q at step ends, step rewards and score of each encoded pair, in input order."""
+        results: list[dict[str, torch.Tensor] | None] = [None] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt_ids) + len(encoded[i].completion_ids))
+        starts = range(0, len(order), self.batch_size)
+        for start in tqdm(starts, desc="ImplicitPRM scoring", disable=not progress):
+            rows = [encoded[i] for i in order[start : start + self.batch_size]]
+            for i, result in zip(order[start : start + self.batch_size], self._score_batch(rows)):
+                results[i] = result
+        return results
+
+    def _score_batch(self, rows: list[_Encoded]) -> list[dict[str, torch.Tensor]]:
+        prompt_len = max(len(r.prompt_ids) for r in rows)
+        completion_len = max(len(r.completion_ids) for r in rows)
+        num_steps = max(len(r.step_ends) for r in rows)
+        B = len(rows)
+        input_ids = torch.full((B, prompt_len + completion_len), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        completion_mask = torch.zeros(B, completion_len, dtype=torch.long)
+        step_ends = torch.zeros(B, max(num_steps, 1), dtype=torch.long)
+        step_mask = torch.zeros(B, max(num_steps, 1), dtype=torch.bool)
+        for b, r in enumerate(rows):
+            lp, lc = len(r.prompt_ids), len(r.completion_ids)
+            input_ids[b, prompt_len - lp : prompt_len] = torch.tensor(r.prompt_ids)
+            input_ids[b, prompt_len : prompt_len + lc] = torch.tensor(r.completion_ids, dtype=torch.long)
+            attention_mask[b, prompt_len - lp : prompt_len + lc] = 1
+            completion_mask[b, :lc] = 1
+            step_ends[b, : len(r.step_ends)] = torch.tensor(r.step_ends, dtype=torch.long)
+            step_mask[b, : len(r.step_ends)] = True
+        if completion_len == 0:  # only empty completions: no forward pass, no step
+            token_rewards = torch.zeros(B, 0)
+            q_at_ends = torch.zeros(B, step_mask.shape[1])
+        else:
+            token_rewards = self.token_rewards_from_ids(input_ids, attention_mask, completion_len, completion_mask)
+            token_rewards = token_rewards.cpu()
+            q = implicit_q_values(token_rewards, completion_mask)
+            q_at_ends = gather_step_values(q, step_ends, step_mask)
+        step_rewards = implicit_step_rewards(q_at_ends, step_mask)
+        scores = aggregate_steps(q_at_ends, step_mask, self.aggregation)
+        scores = torch.where(step_mask.any(-1), scores, 0.0)  # empty completion: the empty sum, 0
+        if not torch.isfinite(scores).all():
+            raise FloatingPointError(
+                f"ImplicitPRM produced {int((~torch.isfinite(scores)).sum())} non-finite score(s) in a batch: the model "
+                "returned NaN/inf log-probabilities (check its dtype, e.g. load it in float32 or bfloat16, not float16)."
+            )
+        out = []
+        for b, r in enumerate(rows):
+            n, lc = len(r.step_ends), len(r.completion_ids)
+            out.append(
+                {
+                    "token_rewards": token_rewards[b, :lc],
+                    "q_at_step_ends": q_at_ends[b, :n],
+                    "step_rewards": step_rewards[b, :n],
+                    "score": scores[b],
+                    "step_end_tokens": torch.tensor(r.step_ends, dtype=torch.long),
+                }
+            )
+        return out
+
+    def __call__(self, prompts: Sequence, completions: Sequence, completion_ids=None, **kwargs) -> list[float]:
+        """Score completions as a [`~trl.GRPOTrainer`] reward function.
+
+        Args:
+            prompts (`list[str]` or `list[list[dict]]`):
+                Standard prompts or conversational ones (lists of messages), one per completion.
+            completions (`list[str]` or `list[list[dict]]`):
+                Standard completions or conversational ones (a list holding one assistant message).
+            completion_ids (`list[list[int]]`, *optional*):
+                Ignored: completions are re-tokenized from their text with the PRM's tokenizer.
+            **kwargs:
+                Dataset columns and trainer extras passed by GRPOTrainer; ignored.
+
+        Returns:
+            `list[float]`: One score per completion: `q` at the step ends aggregated by `aggregation`; `0.0` for an
+            empty completion.
+        """
+        results = self._score_encoded(self._encode(prompts, completions))
+        return [float(r["score"]) for r in results]
+
+    def score_steps(self, prompts: Sequence, completions: Sequence) -> list[dict]:
+        """Per-step values of each completion, for Best-of-N and step-level evaluation.
+
+        Args:
+            prompts (`list[str]` or `list[list[dict]]`):
+                One prompt per completion.
+            completions (`list[str]` or `list[list[dict]]`):
+                The completions.
+
+        Returns:
+            `list[dict]`: Per completion, `{"step_rewards": list[float], "q_at_step_ends": list[float], "score":
+            float}`; the lists have one entry per step (none for an empty completion, whose score is `0.0`).
+        """
+        results = self._score_encoded(self._encode(prompts, completions), progress=len(prompts) > 4 * self.batch_size)
+        return [
+            {
+                "step_rewards": r["step_rewards"].tolist(),
+                "q_at_step_ends": r["q_at_step_ends"].tolist(),
+                "score": float(r["score"]),
+            }
+            for r in results
+        ]
+
+    def token_rewards(self, prompts: Sequence, completions: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token implicit rewards of text completions.
+
+        Args:
+            prompts (`list[str]` or `list[list[dict]]`):
+                One prompt per completion.
+            completions (`list[str]` or `list[list[dict]]`):
+                The completions.
+
+        Returns:
+            `tuple[torch.Tensor, torch.Tensor]`: Rewards of shape `(B, T)` (right-padded with 0, `T` the longest
+            completion in PRM tokens) and the completion mask of shape `(B, T)`.
+        """
+        results = self._score_encoded(self._encode(prompts, completions))
+        T = max([len(r["token_rewards"]) for r in results] + [0])
+        rewards = torch.zeros(len(results), T)
+        mask = torch.zeros(len(results), T, dtype=torch.long)
+        for b, r in enumerate(results):
+            rewards[b, : len(r["token_rewards"])] = r["token_rewards"]
+            mask[b, : len(r["token_rewards"])] = 1
+        return rewards, mask

@@ -1,0 +1,115 @@
+"""Configuration of [`ImplicitPRMTrainer`]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl.trainer.base_config import _BaseConfig
+
+
+#: Losses of [`ImplicitPRMTrainer`] by name.
+IMPLICIT_PRM_LOSS_TYPES = ("ce", "dpo")
+
+
+@dataclass
+class ImplicitPRMConfig(_BaseConfig):
+    r"""
+    Configuration class for [`ImplicitPRMTrainer`], which trains an implicit process reward model (arXiv:2412.01981)
+    from outcome-labelled completions.
+
+    Only the parameters specific to the implicit PRM are listed here; see [`~transformers.TrainingArguments`] for the
+    others.
+
+    Parameters:
+        > Parameters that control the model
+
+        model_init_kwargs (`dict[str, Any]` or `str`, *optional*):
+            Keyword arguments for [`~transformers.AutoModelForCausalLM.from_pretrained`], used when the `model` (or
+            `ref_model`) argument of the trainer is a string. `dtype` may be a string such as `"bfloat16"`;
+            `trust_remote_code` is `False` unless set here. Weights are always loaded from safetensors.
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Whether to disable dropout in the model and the reference model.
+
+        > Parameters that control the data
+
+        max_length (`int` or `None`, *optional*, defaults to `1024`):
+            Maximum prompt + completion tokens. Longer rows are truncated (prompt cut from the left first, then the
+            completion at its end) with a warning. `None` disables truncation.
+        dataset_num_proc (`int`, *optional*):
+            Number of processes used to tokenize the dataset.
+
+        > Parameters that control the training
+
+        learning_rate (`float`, *optional*, defaults to `1e-6`):
+            Initial learning rate for AdamW. This overrides the default of [`~transformers.TrainingArguments`]; the
+            reference setup of the paper uses `5e-7` on 7-8B models.
+        beta (`float`, *optional*, defaults to `0.05`):
+            Scale of the implicit reward `r = beta * log pi_theta(y) / pi_ref(y)`. Use the same value when scoring
+            with [`ImplicitPRM`].
+        loss_type (`str`, *optional*, defaults to `"ce"`):
+            `"ce"`: binary cross-entropy of `sigmoid(r)` against each row's outcome label. `"dpo"`:
+            `-log sigmoid(r_correct - r_incorrect)` on pairs of a correct and an incorrect completion of the same
+            prompt (see [`build_dpo_pairs`] for the pairing rule).
+        max_pairs_per_prompt (`int`, *optional*):
+            With `loss_type="dpo"`, at most this many pairs per prompt (`None`: all correct x incorrect pairs).
+        precompute_ref_log_probs (`bool`, *optional*, defaults to `False`):
+            Whether to compute the reference log-probabilities of the whole dataset once before training (then no
+            reference forward pass runs during training, and without PEFT no reference copy is kept in memory).
+        precompute_ref_batch_size (`int`, *optional*):
+            Batch size of that precomputation; defaults to `per_device_train_batch_size` (and
+            `per_device_eval_batch_size` for the evaluation set).
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Overrides the default of [`~transformers.TrainingArguments`]: the trainer builds its own columns.
+    """
+
+    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for `AutoModelForCausalLM.from_pretrained`, used when the model or reference "
+            "is given as a string. trust_remote_code is False unless set here."
+        },
+    )
+    disable_dropout: bool = field(default=True, metadata={"help": "Whether to disable dropout in the models."})
+    max_length: int | None = field(
+        default=1024,
+        metadata={"help": "Maximum prompt + completion tokens; longer rows are truncated with a warning."},
+    )
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Number of processes used to tokenize the dataset."}
+    )
+    beta: float = field(default=0.05, metadata={"help": "Scale of the implicit reward beta * log(pi/pi_ref)."})
+    loss_type: str = field(
+        default="ce",
+        metadata={
+            "help": "Loss: 'ce' (cross-entropy on outcome labels) or 'dpo' (correct x incorrect pairs).",
+            "choices": list(IMPLICIT_PRM_LOSS_TYPES),
+        },
+    )
+    max_pairs_per_prompt: int | None = field(
+        default=None, metadata={"help": "With loss_type='dpo', at most this many pairs per prompt (None: all)."}
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={"help": "Whether to compute the reference log-probs of the whole dataset once before training."},
+    )
+    precompute_ref_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of the reference log-prob precomputation."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep False: the trainer builds its own columns."}
+    )
+
+    def __post_init__(self):
+        if self.loss_type not in IMPLICIT_PRM_LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {IMPLICIT_PRM_LOSS_TYPES}, got {self.loss_type!r}.")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}.")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (or None), got {self.max_length}.")
+        if self.max_pairs_per_prompt is not None and self.max_pairs_per_prompt < 1:
+            raise ValueError(f"max_pairs_per_prompt must be >= 1 (or None), got {self.max_pairs_per_prompt}.")
+        super().__post_init__()

@@ -1,0 +1,453 @@
+"""Rollout backends of the ER-PRM labeler: one small interface, three engines.
+
+Every backend turns a list of prompts into `n` sampled continuations per prompt:
+
+```python
+backend.generate(prompts, n, sampling, seeds) -> list[list[str]]  # len(prompts) lists of n texts
+```
+
+- [`TransformersBackend`]: `model.generate` on one padded batch (CPU, tests, small jobs).
+- [`VLLMBackend`]: vLLM's offline engine with prefix caching (the GPU path).
+- [`VLLMServerBackend`]: a shared `trl vllm-serve` / `vllm serve` server through TRL's `VLLMClient` (many labeling
+  processes or nodes, one server).
+
+Every prompt comes with its own seed, so a prompt's samples depend only on `(prompt, seed)`, never on which other
+prompts share its batch: a labeling job that is interrupted, resumed or split across processes samples exactly what
+an uninterrupted one-process job samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+
+Prompt = str | list[int]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters shared by all backends.
+
+    Args:
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Softmax temperature; `0.0` is greedy decoding.
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`. `1.0` keeps all.
+        max_tokens (`int`, *optional*, defaults to `1024`):
+            Maximum number of generated tokens per sample.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 1024
+
+    def __post_init__(self):
+        if not self.temperature >= 0.0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}.")
+
+
+def derive_seed(*parts: int | str) -> int:
+    """Derive a 63-bit seed from a tuple of integers or strings, independent of any global RNG state.
+
+    Args:
+        *parts (`int` or `str`):
+            The values to hash, e.g. `(seed, row_index, step_index)`.
+
+    Returns:
+        `int`: A seed in `[0, 2**63)`; the same parts always give the same seed.
+    """
+    digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def sample_from_uniform(
+    logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float
+) -> torch.Tensor:
+    """Draw one token per row from `softmax(logits / temperature)` restricted to the top-p nucleus, by inverse CDF.
+
+    The randomness is given, not drawn: row `b` picks the first token (in order of decreasing probability, ties broken
+    by token id) whose cumulative nucleus probability exceeds `uniforms[b]` times the nucleus mass. Feeding each row a
+    uniform from its own seeded stream makes a sample independent of the other rows of the batch.
+
+    Args:
+        logits (`torch.Tensor`):
+            Next-token logits of shape `(batch, vocab)`.
+        uniforms (`torch.Tensor`):
+            Uniform draws in `[0, 1)` of shape `(batch,)`.
+        temperature (`float`):
+            Softmax temperature; `0.0` returns the argmax.
+        top_p (`float`):
+            Nucleus mass in `(0, 1]`.
+
+    Returns:
+        `torch.Tensor`: Token ids of shape `(batch,)` (int64).
+    """
+    logits = logits.float()
+    if temperature == 0.0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
+    cumulative = sorted_probs.cumsum(-1)
+    # Keep a token while the mass before it is below top_p (the most likely token is always kept).
+    sorted_probs = sorted_probs.masked_fill(cumulative - sorted_probs >= top_p, 0.0)
+    cdf = sorted_probs.cumsum(-1)
+    target = uniforms.to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:]
+    position = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)
+    return order.gather(-1, position).squeeze(-1)
+
+
+class _SeededSampler:
+    """`LogitsProcessor` that replaces sampling by [`sample_from_uniform`] with one seeded stream per sequence.
+
+    Used with greedy decoding: it returns logits that are `0` at the sampled token and `-inf` elsewhere.
+    """
+
+    def __init__(self, seeds: Sequence[int], prompt_length: int, max_tokens: int, sampling: Sampling):
+        self.prompt_length = prompt_length
+        self.sampling = sampling
+        self.uniforms = torch.stack(
+            [torch.rand(max_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds]
+        )
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        position = input_ids.shape[1] - self.prompt_length
+        uniforms = self.uniforms[:, position].to(scores.device)
+        tokens = sample_from_uniform(scores, uniforms, self.sampling.temperature, self.sampling.top_p)
+        out = torch.full_like(scores, -float("inf"))
+        return out.scatter_(1, tokens.unsqueeze(-1), 0.0)
+
+
+def _check_request(prompts: Sequence[Prompt], n: int, seeds: Sequence[int] | None) -> list[int]:
+    if n < 1:
+        raise ValueError(f"n (rollouts per prompt) must be >= 1, got {n}.")
+    if seeds is None:
+        seeds = [derive_seed("prompt", i) for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise ValueError(f"Got {len(seeds)} seeds for {len(prompts)} prompts: pass one seed per prompt.")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"Prompt {i} is empty: every rollout needs a non-empty prompt (text or token ids).")
+    return list(seeds)
+
+
+class TransformersBackend:
+    """Rollouts with `transformers` `generate`: all prompts of a call go through the model in left-padded batches.
+
+    Sampling is exact (temperature, top-p) but driven by one seeded random stream per sequence, so the samples of a
+    prompt do not depend on its batch neighbours (up to float rounding of padded matmuls).
+
+    Args:
+        model (`str` or [`~transformers.PreTrainedModel`]):
+            A causal LM or the folder / Hub id to load it from (safetensors only).
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            Its tokenizer; loaded from `model` when `None`.
+        batch_size (`int`, *optional*, defaults to `64`):
+            Maximum number of sequences (prompts times `n`) per `generate` call.
+        device (`str` or `torch.device`, *optional*):
+            Where to run; defaults to the model's device, or CUDA when available for a model loaded here.
+        dtype (`str`, *optional*, defaults to `"auto"`):
+            `dtype` used to load `model` from a path (`"auto"`, `"float32"`, `"bfloat16"`, `"float16"`).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Whether to run model code from the Hub when loading `model`.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        batch_size: int = 64,
+        device=None,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if isinstance(model, str | os.PathLike):
+            path = str(model)
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+            )
+            if device is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, trust_remote_code=trust_remote_code)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.model = model.to(device) if device is not None else model
+        self.model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        eos = self.model.generation_config.eos_token_id if self.model.generation_config is not None else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_token_ids))
+        )
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        return list(prompt) if not isinstance(prompt, str) else self.tokenizer(prompt)["input_ids"]
+
+    def _decode(self, token_ids: list[int]) -> str:
+        for i, token in enumerate(token_ids):
+            if token in self.eos_token_ids:
+                token_ids = token_ids[:i]
+                break
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def _generate_chunk(self, prompt_ids: list[list[int]], seeds: list[int], sampling: Sampling) -> list[str]:
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        length = max(len(p) for p in prompt_ids)
+        device = self.model.device
+        input_ids = torch.tensor([[self.pad_token_id] * (length - len(p)) + p for p in prompt_ids], device=device)
+        attention_mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=sorted(self.eos_token_ids),
+        )
+        sampler = _SeededSampler(seeds, length, sampling.max_tokens, sampling)
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            logits_processor=LogitsProcessorList([sampler]),
+        )
+        return [self._decode(row[length:].tolist()) for row in output]
+
+    def generate(
+        self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> list[list[str]]:
+        """Sample `n` continuations of every prompt.
+
+        Args:
+            prompts (`list[str]` or `list[list[int]]`):
+                Prompts as text (tokenized with the tokenizer's special tokens) or token ids.
+            n (`int`):
+                Number of samples per prompt.
+            sampling ([`Sampling`]):
+                Temperature, top-p and maximum new tokens.
+            seeds (`list[int]`, *optional*):
+                One seed per prompt; sample `j` of prompt `i` uses the stream `derive_seed(seeds[i], j)`.
+
+        Returns:
+            `list[list[str]]`: For every prompt, its `n` decoded continuations (without the prompt).
+        """
+        seeds = _check_request(prompts, n, seeds)
+        sequences = [(self._encode(p), derive_seed(s, j)) for p, s in zip(prompts, seeds) for j in range(n)]
+        # Similar lengths together waste less padding; the per-sequence seeds make the grouping invisible.
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
+        texts: list[str | None] = [None] * len(sequences)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            outputs = self._generate_chunk(
+                [sequences[i][0] for i in chunk], [sequences[i][1] for i in chunk], sampling
+            )
+            for i, text in zip(chunk, outputs):
+                texts[i] = text
+        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def close(self) -> None:
+        """Release nothing: the model is freed with the backend."""
+
+
+def _token_prompt(prompt: Prompt) -> dict:
+    return {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
+
+
+class VLLMBackend:
+    """Rollouts with vLLM's offline engine (`vllm.LLM`) and automatic prefix caching.
+
+    All prompts of a call are submitted together, each with its own `SamplingParams(n=n, seed=...)`, so vLLM shares
+    the KV cache of the common prefix (problem and earlier steps) across the prefixes of a solution. Under
+    `accelerate launch` with several processes, each process runs its own engine on its own GPU (vLLM's
+    `external_launcher` executor, as TRL's colocate mode does).
+
+    Args:
+        model (`str`):
+            Folder or Hub id of the generator.
+        dtype (`str`, *optional*, defaults to `"auto"`):
+            Weights dtype.
+        gpu_memory_utilization (`float`, *optional*, defaults to `0.9`):
+            Share of GPU memory vLLM may take.
+        max_model_len (`int`, *optional*):
+            Context length; defaults to the model's.
+        enforce_eager (`bool`, *optional*, defaults to `False`):
+            Skip graph capture / compilation (faster start, slower decoding).
+        tensor_parallel_size (`int`, *optional*, defaults to `1`):
+            GPUs per engine (one process only).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Whether to run model code from the Hub.
+        llm_kwargs (`dict`, *optional*):
+            Extra keyword arguments of `vllm.LLM`.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        enforce_eager: bool = False,
+        tensor_parallel_size: int = 1,
+        trust_remote_code: bool = False,
+        llm_kwargs: dict | None = None,
+    ):
+        from accelerate import PartialState
+        from vllm import LLM
+
+        kwargs = {
+            "model": str(model),
+            "dtype": dtype,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_model_len,
+            "enforce_eager": enforce_eager,
+            "tensor_parallel_size": tensor_parallel_size,
+            "trust_remote_code": trust_remote_code,
+            "enable_prefix_caching": True,
+        }
+        state = PartialState()
+        if state.num_processes > 1:
+            if tensor_parallel_size != 1:
+                raise ValueError(
+                    "With several accelerate processes, each runs its own engine: use tensor_parallel_size=1."
+                )
+            os.environ.update(
+                RANK=str(state.process_index),
+                LOCAL_RANK=str(state.local_process_index),
+                WORLD_SIZE=str(state.num_processes),
+            )
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        kwargs.update(llm_kwargs or {})
+        self.llm = LLM(**kwargs)
+
+    def generate(
+        self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> list[list[str]]:
+        """Sample `n` continuations of every prompt (same contract as [`TransformersBackend.generate`])."""
+        from vllm import SamplingParams
+
+        seeds = _check_request(prompts, n, seeds)
+        # vLLM refuses n > 1 with greedy decoding: ask for one sample and repeat it.
+        width = 1 if sampling.temperature == 0.0 else n
+        params = [
+            SamplingParams(
+                n=width,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=seed,
+            )
+            for seed in seeds
+        ]
+        outputs = self.llm.generate([_token_prompt(p) for p in prompts], params, use_tqdm=False)
+        texts = [[c.text for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+        return [samples * (n // width) for samples in texts]
+
+    def close(self) -> None:
+        """Drop the engine (its memory is released when garbage collected)."""
+        self.llm = None
+
+
+def _vllm_client_class():
+    """TRL's `VLLMClient`: `trl.generation.vllm_client` (TRL >= 1.0), `trl.extras.vllm_client` before."""
+    try:
+        from trl.generation.vllm_client import VLLMClient
+    except ImportError:
+        from trl.extras.vllm_client import VLLMClient
+    return VLLMClient
+
+
+class VLLMServerBackend:
+    """Rollouts from a running `trl vllm-serve` (or `VLLM_SERVER_DEV_MODE=1 vllm serve`) server via TRL's `VLLMClient`.
+
+    One server can feed many labeling processes and nodes. Every prompt is one request with its own seed, sent
+    concurrently so that the server batches them (and reuses cached prefixes when started with
+    `--enable_prefix_caching`).
+
+    Args:
+        base_url (`str`, *optional*, defaults to `"http://127.0.0.1:8000"`):
+            URL of the server.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            Tokenizer of the served model, to decode the returned token ids; loaded from the served model's name
+            when `None`.
+        connection_timeout (`float`, *optional*, defaults to `240.0`):
+            Seconds to wait for the server's `/health` to answer.
+        max_concurrent_requests (`int`, *optional*, defaults to `32`):
+            Requests in flight at once.
+    """
+
+    name = "vllm_server"
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        tokenizer=None,
+        connection_timeout: float = 240.0,
+        max_concurrent_requests: int = 32,
+    ):
+        self.client = _vllm_client_class()(base_url=base_url, connection_timeout=connection_timeout)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.client.model)
+        self.tokenizer = tokenizer
+        self.max_concurrent_requests = max_concurrent_requests
+
+    def generate(
+        self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> list[list[str]]:
+        """Sample `n` continuations of every prompt (same contract as [`TransformersBackend.generate`])."""
+        seeds = _check_request(prompts, n, seeds)
+
+        width = 1 if sampling.temperature == 0.0 else n  # the server refuses n > 1 with greedy decoding
+
+        def send(i: int) -> list[str]:
+            result = self.client.generate(
+                [prompts[i]],
+                n=width,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                logprobs=None,
+                generation_kwargs={"seed": seeds[i]},
+            )
+            texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result["completion_ids"]]
+            return texts * (n // width)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrent_requests, len(prompts)))) as pool:
+            return list(pool.map(send, range(len(prompts))))
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self.client.session.close()
+
+
+#: Backends by name, as chosen with `ERPRMLabelerConfig.backend`.
+BACKENDS: dict[str, Callable] = {
+    "transformers": TransformersBackend,
+    "vllm": VLLMBackend,
+    "vllm_server": VLLMServerBackend,
+}
