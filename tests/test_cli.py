@@ -1,17 +1,25 @@
-"""The `trl-erprm` command."""
+"""The `trl-erprm` command: every subcommand is wired to its entry point (the runs themselves are tested with their
+features: tests/test_quickstart_pipeline.py, test_labeler.py, test_evaluation_*.py)."""
 
-import json
+import subprocess
+import sys
 
-from trl_erprm.cli import main
+import pytest
+
+from trl_erprm.cli import COMMANDS, main
 
 
-def test_quickstart_trains_and_writes_metrics(tmp_path, capsys):
-    out = tmp_path / "qs"
-    assert main(["quickstart", "--output_dir", str(out), "--max_steps", "20"]) == 0
-    metrics = json.loads((out / "quickstart_metrics.json").read_text())
-    assert metrics["after"]["eval_loss"] < metrics["before"]["eval_loss"]
-    assert (out / "model.safetensors").exists()
-    assert "ER label of outcomes" in capsys.readouterr().out
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_console_script_lists_the_subcommands():
+    out = subprocess.run([sys.executable, "-m", "trl_erprm.cli"], capture_output=True, text=True, check=True).stdout
+    assert all(name in out for name in ("quickstart", "label", "bon", "stepeval"))
 
 
 def test_unknown_command_is_an_error(capsys):
