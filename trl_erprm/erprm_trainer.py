@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from accelerate import PartialState
 from datasets import Dataset, features
 from transformers import (
     AutoModelForTokenClassification,
@@ -33,6 +32,7 @@ from transformers.utils import logging
 from .erprm_config import ERPRMConfig
 from .functional import er_label, resolve_eta, soft_cross_entropy
 from .prm import PRMTrainer, tokenize_stepwise_row
+from .prm.prm_trainer import map_stepwise_dataset, tokenize_train_and_eval
 
 
 logger = logging.get_logger(__name__)
@@ -377,15 +377,11 @@ class ERPRMTrainer(PRMTrainer):
         column = args.outcomes_column
         use_outcomes = column in train_dataset.column_names
         if "input_ids" not in train_dataset.column_names:
-            with PartialState().main_process_first():
-                train_dataset = self._tokenize_soft(train_dataset, processing_class, args, is_eval=False, name="train")
-                if isinstance(eval_dataset, dict):
-                    eval_dataset = {
-                        key: self._tokenize_soft(ds, processing_class, args, is_eval=True, name=f"eval ({key})")
-                        for key, ds in eval_dataset.items()
-                    }
-                elif eval_dataset is not None:
-                    eval_dataset = self._tokenize_soft(eval_dataset, processing_class, args, is_eval=True, name="eval")
+
+            def tokenize(dataset: Dataset, is_eval: bool, name: str) -> Dataset:
+                return self._tokenize_soft(dataset, processing_class, args, is_eval, name)
+
+            train_dataset, eval_dataset = tokenize_train_and_eval(train_dataset, eval_dataset, tokenize)
 
         if use_outcomes:
             logger.info(f"Step labels are computed at batch time from '{column}' with eta={args.eta}.")
@@ -473,29 +469,19 @@ class ERPRMTrainer(PRMTrainer):
     def _tokenize_soft(cls, dataset: Dataset, tokenizer, args: ERPRMConfig, is_eval: bool, name: str) -> Dataset:
         validate_stepwise_dataset(dataset, args.step_separator, args.outcomes_column, name=name)
         column = args.outcomes_column
-        schema = {
-            "input_ids": features.Sequence(features.Value("int64")),
-            "labels": features.Sequence(features.Value("float32")),
-        }
-        if column in dataset.column_names:
-            schema[column] = features.Sequence(features.Sequence(features.Value("float32")))
-        fn_kwargs = {
-            "tokenizer": tokenizer,
-            "step_separator": args.step_separator,
-            "max_length": args.max_length,
-            "max_completion_length": args.max_completion_length,
-            "train_on_last_step_only": args.train_on_last_step_only,
-            "is_eval": is_eval,
-            "eta": args.eta,
-            "outcomes_column": column,
-        }
-        return dataset.map(
+        has_outcomes = column in dataset.column_names
+        return map_stepwise_dataset(
+            dataset,
             cls.tokenize_row,
-            fn_kwargs=fn_kwargs,
-            num_proc=args.dataset_num_proc,
-            remove_columns=dataset.column_names,
-            desc=f"Tokenizing {name} dataset (soft labels)",
-            features=features.Features(schema),
+            tokenizer,
+            args,
+            is_eval,
+            f"{name} (soft labels)",
+            label_dtype="float32",
+            extra_kwargs={"eta": args.eta, "outcomes_column": column},
+            extra_features={column: features.Sequence(features.Sequence(features.Value("float32")))}
+            if has_outcomes
+            else None,
         )
 
     def _set_signature_columns_if_needed(self):

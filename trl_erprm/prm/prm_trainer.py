@@ -133,6 +133,94 @@ def tokenize_stepwise_row(
     return input_ids, labels, kept
 
 
+def map_stepwise_dataset(
+    dataset: Dataset,
+    tokenize_row: Callable[..., dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    args: PRMConfig,
+    is_eval: bool,
+    name: str,
+    label_dtype: str = "int64",
+    extra_kwargs: dict[str, Any] | None = None,
+    extra_features: dict[str, Any] | None = None,
+) -> Dataset:
+    """Tokenize a stepwise dataset with `tokenize_row`, declaring the label dtype so `datasets` keeps it.
+
+    Args:
+        dataset ([`~datasets.Dataset`]):
+            Stepwise rows.
+        tokenize_row (`Callable`):
+            Row function taking the row and the keyword arguments built from `args` (plus `extra_kwargs`).
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Tokenizer of the model.
+        args ([`PRMConfig`]):
+            Config giving `step_separator`, `max_length`, `max_completion_length`, `train_on_last_step_only` and
+            `dataset_num_proc`.
+        is_eval (`bool`):
+            Whether these are evaluation rows (every step labelled).
+        name (`str`):
+            Name shown in the progress bar.
+        label_dtype (`str`, *optional*, defaults to `"int64"`):
+            Feature dtype of `labels`: `"int64"` as in TRL, `"float32"` for soft labels.
+        extra_kwargs (`dict[str, Any]`, *optional*):
+            More keyword arguments for `tokenize_row`.
+        extra_features (`dict[str, Any]`, *optional*):
+            Features of extra output columns.
+
+    Returns:
+        [`~datasets.Dataset`]: Rows with `input_ids`, `labels` and the extra columns.
+    """
+    fn_kwargs = {
+        "tokenizer": tokenizer,
+        "step_separator": args.step_separator,
+        "max_length": args.max_length,
+        "max_completion_length": args.max_completion_length,
+        "train_on_last_step_only": args.train_on_last_step_only,
+        "is_eval": is_eval,
+        **(extra_kwargs or {}),
+    }
+    schema = {
+        "labels": features.Sequence(features.Value(label_dtype)),
+        "input_ids": features.Sequence(features.Value("int64")),
+        **(extra_features or {}),
+    }
+    return dataset.map(
+        tokenize_row,
+        fn_kwargs=fn_kwargs,
+        num_proc=args.dataset_num_proc,
+        remove_columns=dataset.column_names,
+        desc=f"Tokenizing {name} dataset",
+        features=features.Features(schema),
+    )
+
+
+def tokenize_train_and_eval(
+    train_dataset: Dataset,
+    eval_dataset: Dataset | dict[str, Dataset] | None,
+    tokenize: Callable[[Dataset, bool, str], Dataset],
+) -> tuple[Dataset, Dataset | dict[str, Dataset] | None]:
+    """Apply `tokenize(dataset, is_eval, name)` to the training set and to every evaluation set, main process first.
+
+    Args:
+        train_dataset ([`~datasets.Dataset`]):
+            Training rows.
+        eval_dataset ([`~datasets.Dataset`], `dict[str, Dataset]` or `None`):
+            Evaluation rows, several named sets, or none.
+        tokenize (`Callable[[Dataset, bool, str], Dataset]`):
+            The tokenization of one dataset.
+
+    Returns:
+        `tuple`: The tokenized training and evaluation datasets.
+    """
+    with PartialState().main_process_first():
+        train_dataset = tokenize(train_dataset, False, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {key: tokenize(ds, True, f"eval ({key})") for key, ds in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = tokenize(eval_dataset, True, "eval")
+    return train_dataset, eval_dataset
+
+
 def compute_accuracy(eval_pred: EvalPrediction) -> dict[str, float]:
     """Accuracy of a PRM, as TRL's PRMTrainer reports it.
 
@@ -269,15 +357,11 @@ class PRMTrainer(_BaseTrainer):
             data_collator = DataCollatorForTokenClassification(processing_class)
 
         if "input_ids" not in train_dataset.column_names:
-            with PartialState().main_process_first():
-                train_dataset = self._tokenize(train_dataset, processing_class, args, is_eval=False, name="train")
-                if isinstance(eval_dataset, dict):
-                    eval_dataset = {
-                        key: self._tokenize(ds, processing_class, args, is_eval=True, name=f"eval ({key})")
-                        for key, ds in eval_dataset.items()
-                    }
-                elif eval_dataset is not None:
-                    eval_dataset = self._tokenize(eval_dataset, processing_class, args, is_eval=True, name="eval")
+
+            def tokenize(dataset: Dataset, is_eval: bool, name: str) -> Dataset:
+                return map_stepwise_dataset(dataset, self.tokenize_row, processing_class, args, is_eval, name)
+
+            train_dataset, eval_dataset = tokenize_train_and_eval(train_dataset, eval_dataset, tokenize)
 
         super().__init__(
             model=model,
@@ -294,30 +378,6 @@ class PRMTrainer(_BaseTrainer):
         )
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
-
-    @classmethod
-    def _tokenize(cls, dataset: Dataset, tokenizer, args: PRMConfig, is_eval: bool, name: str) -> Dataset:
-        fn_kwargs = {
-            "tokenizer": tokenizer,
-            "step_separator": args.step_separator,
-            "max_length": args.max_length,
-            "max_completion_length": args.max_completion_length,
-            "train_on_last_step_only": args.train_on_last_step_only,
-            "is_eval": is_eval,
-        }
-        return dataset.map(
-            cls.tokenize_row,
-            fn_kwargs=fn_kwargs,
-            num_proc=args.dataset_num_proc,
-            remove_columns=dataset.column_names,
-            desc=f"Tokenizing {name} dataset",
-            features=features.Features(
-                {
-                    "labels": features.Sequence(features.Value("int64")),
-                    "input_ids": features.Sequence(features.Value("int64")),
-                }
-            ),
-        )
 
     @staticmethod
     def tokenize_row(
