@@ -83,7 +83,7 @@ def run(quick: bool = False) -> dict:
 
     Args:
         quick (`bool`, *optional*, defaults to `False`):
-            10 problems (640 completions) and 3 repeats instead of 100 problems (6400 completions) and 5 repeats.
+            30 problems (1920 completions) instead of 100 problems (6400 completions); 5 repeats either way.
 
     Returns:
         `dict`: `settings` (`completions`, `unique_pairs` graded by math-verify with the cache, `distinct_pairs`,
@@ -92,8 +92,8 @@ def run(quick: bool = False) -> dict:
         repeated strings still hit math-verify's own LRU caches inside each worker), `ratios` (cache speedup per
         repeat), `checks` (the cache changes no verdict), `accuracy`.
     """
-    num_workers, repeats = 2, 3 if quick else 5
-    completions, golds = rollout_like_data(10 if quick else 100)
+    num_workers, repeats = 2, 5
+    completions, golds = rollout_like_data(30 if quick else 100)
     # All-distinct pairs: no cache of ours nor math-verify's in-worker LRU caches can help.
     distinct = [
         (f"\\boxed{{\\frac{{{k}}}{{{k + 3}}}}}", f"{k}/{k + 3 + k % 2}") for k in range(1, 101 if quick else 801)

@@ -53,7 +53,7 @@ def run(quick: bool = False) -> dict:
     from trl_erprm.tiny import build_tiny_model, build_tokenizer
 
     torch.set_num_threads(1)  # idle OpenMP threads spin and inflate CPU time on a busy shared machine
-    pairs, warmup = (20, 2) if quick else (40, 4)
+    pairs, warmup = (30, 2) if quick else (60, 4)
     settings = {
         "per_device_train_batch_size": 8,
         "num_generations": 4,

@@ -1,23 +1,26 @@
 """ERPRMTrainer vs TRL's PRMTrainer: training tokens per second and peak memory, as ratios in one run.
 
-Every measurement is a separate worker process (so peak memory is per configuration), forked from a server process
-that runs under the interpreter of the TRL version it needs and has imported the libraries once; configurations are
-interleaved across repeats (in an order rotated at every repeat) so that machine noise hits every configuration alike:
+Configurations (each one a `Trainer.train()` on the same model, data, seed and batches):
 
 - `trl113/prm_hard`: TRL 1.13.0's own `trl.experimental.prm.PRMTrainer`, hard labels (the baseline);
-- `trl113/erprm_hard`, `trl113/erprm_soft`: `ERPRMTrainer` on the same data and batches, hard and soft labels;
+- `trl113/erprm_hard`, `trl113/erprm_soft`: `ERPRMTrainer`, hard and soft labels;
 - `trl113/erprm_outcomes`: `ERPRMTrainer` computing ER labels (eta = 1) at batch time from 16 stored rollout outcomes
   per step;
 - `newest/prm_hard`: trl-erprm's drop-in `PRMTrainer` on the newest TRL;
 - `newest/erprm_soft`: `ERPRMTrainer` on the newest TRL.
 
-A worker times every optimizer step from the end of the previous one to its own end, so a step's time includes
-fetching and collating its batch, the forward and backward passes, the loss and the optimizer; its figure is the
-median over its timed steps of non-padding tokens / step time (robust to a burst of load from other jobs), in wall
-time and in CPU time of the process; with one torch thread the latter is what a dedicated core would deliver and
-barely moves when other jobs share the machine, so its ratios are the tighter ones. Memory:
-the peak resident set size of the process, and the peak growth during `train()` over the memory held before it
-(activations, gradients, optimizer state; Linux `VmHWM` reset through `/proc/self/clear_refs`). On CUDA the latter is
+**Lockstep.** Every configuration trains in its own process (so its memory is its own), forked from a server process
+that runs under the interpreter of the TRL version it needs and has imported the libraries once. All of them are
+alive at once, but only one runs at a time: at the end of every optimizer step a callback hands a baton back to this
+process (through a named pipe) and waits; this process gives the baton to each configuration in turn, one step each,
+in an order rotated at every round. Step `k` of every configuration thus runs within about a second of step `k` of the
+baseline, and the ratio of their throughputs is taken per round: load from other jobs on a shared machine hits both
+sides of a ratio alike. A step is timed from the moment its process gets the baton to the end of the step, so it
+includes fetching and collating its batch, the forward and backward passes, the loss and the optimizer.
+
+Per repeat (fresh processes): the median over timed rounds of the per-round ratios, and each configuration's median
+tokens/s. Memory: the peak resident set size of the process, and the peak growth during `train()` over the memory
+held before it (activations, gradients, optimizer state; Linux `VmHWM` reset through `/proc/self/clear_refs`); on CUDA
 `torch.cuda.max_memory_allocated` over the memory allocated before `train()`.
 
     python benchmarks/bench_trainer.py [--quick] [--device cuda]
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -40,10 +44,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTION = (
     "ERPRMTrainer vs TRL 1.13's PRMTrainer (the baseline, `trl113/prm_hard`) on the same model, data and batches: "
-    "training tokens per second of wall time and per CPU-second of the process (medians over timed steps, per "
-    "worker) and peak memory, each configuration in its own process, "
-    "interleaved over repeats; ratios are taken against the baseline of the same repeat. `trl113/*` run under "
-    "trl 1.13.0, `newest/*` under the newest TRL (our drop-in PRMTrainer)."
+    "training tokens per second and peak memory. Every configuration trains in its own process; the processes run in "
+    "lockstep, one optimizer step each in turn, so each ratio is taken per step against the baseline's step of the "
+    "same round (median over rounds per repeat, spread over repeats). `trl113/*` run under trl 1.13.0, `newest/*` "
+    "under the newest TRL (our drop-in PRMTrainer)."
 )
 DEVICES = ("cpu", "cuda")
 
@@ -53,6 +57,7 @@ MODELS = {
     "cuda": {"hidden_size": 1024, "num_hidden_layers": 8, "num_attention_heads": 16, "intermediate_size": 2816},
 }
 SEQ_STEPS = {"cpu": 6, "cuda": 24}  # steps per row
+WARMUP = 2  # untimed rounds
 BASELINE = "trl113/prm_hard"
 CONFIGS = [  # (environment, trainer, labels)
     ("trl113", "prm", "hard"),
@@ -64,6 +69,8 @@ CONFIGS = [  # (environment, trainer, labels)
 ]
 #: Longest tolerated slowdown of ERPRMTrainer on soft labels against TRL's PRMTrainer on hard labels (issue 8).
 MAX_SLOWDOWN = 0.05
+#: Longest wait for one step of one configuration, in seconds, before the run is declared stuck.
+STEP_TIMEOUT = 600
 
 
 def find_python(kind: str) -> str | None:
@@ -132,8 +139,41 @@ def _rss_mb() -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def worker(trainer_kind: str, labels: str, steps: int, batch_size: int, device: str = "cpu") -> dict:
-    """Train one configuration in this process and return its throughput and memory.
+class _Baton:
+    """Worker side of the lockstep: report through one named pipe, wait for the next turn on the other.
+
+    The coordinator holds both pipes open read-write, so opening them here never blocks; if the coordinator goes
+    away, the wait ends with an error instead of hanging.
+    """
+
+    def __init__(self, go_path: str, done_path: str):
+        self.go = open(go_path)
+        self.done = open(done_path, "w")
+
+    def send(self, message: dict) -> None:
+        self.done.write(json.dumps(message) + "\n")
+        self.done.flush()
+
+    def pass_and_wait(self, message: dict) -> None:
+        self.send(message)
+        if self.go.readline().strip() != "go":
+            raise RuntimeError("the benchmark coordinator went away")
+
+    def close(self) -> None:
+        self.go.close()
+        self.done.close()
+
+
+def worker(
+    trainer_kind: str,
+    labels: str,
+    steps: int,
+    batch_size: int,
+    device: str = "cpu",
+    go: str | None = None,
+    done: str | None = None,
+) -> dict:
+    """Train one configuration in this process, optionally in lockstep with others, and time every step.
 
     Args:
         trainer_kind (`str`):
@@ -141,17 +181,36 @@ def worker(trainer_kind: str, labels: str, steps: int, batch_size: int, device: 
         labels (`str`):
             `"hard"`, `"soft"` or `"outcomes"` (see [`stepwise_rows`]).
         steps (`int`):
-            Timed optimizer steps (after 2 warm-up steps).
+            Optimizer steps, warm-up included.
         batch_size (`int`):
             Rows per step.
         device (`str`, *optional*, defaults to `"cpu"`):
             `"cpu"` (float32, 1 thread) or `"cuda"` (bfloat16).
+        go (`str`, *optional*):
+            Named pipe on which to wait for each turn (with `done`); runs freely without it.
+        done (`str`, *optional*):
+            Named pipe on which to report the end of each step.
 
     Returns:
-        `dict`: `tokens_per_s` and `tokens_per_cpu_s` (medians over timed steps of tokens per second of wall time and
-        per CPU-second of this process), `step_tokens_per_s` (every timed step), `peak_rss_mb` (whole
-        process), `train_peak_mb` (growth during training), `trl_version`.
+        `dict`: Per step `tokens` (non-padding), `wall` and `cpu` (seconds of wall time and of CPU time of this
+        process, from getting the turn to the end of the step); `peak_rss_mb` (whole process), `train_peak_mb` (growth
+        during training), `trl_version`.
     """
+    baton = _Baton(go, done) if go else None
+    try:
+        return _train(trainer_kind, labels, steps, batch_size, device, baton)
+    except BaseException:
+        if baton is not None:
+            baton.send({"error": traceback.format_exc()})
+        raise
+    finally:
+        if baton is not None:
+            baton.close()
+
+
+def _train(trainer_kind: str, labels: str, steps: int, batch_size: int, device: str, baton: _Baton | None) -> dict:
+    with open("/proc/self/clear_refs", "w") as f:  # a forked worker starts its own peak RSS here
+        f.write("5")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     import trl
@@ -161,14 +220,11 @@ def worker(trainer_kind: str, labels: str, steps: int, batch_size: int, device: 
     from trl_erprm import ERPRMConfig, ERPRMTrainer, PRMConfig, PRMTrainer
     from trl_erprm.tiny import build_tiny_model, build_tokenizer
 
-    with open("/proc/self/clear_refs", "w") as f:  # a forked worker starts its own peak RSS here
-        f.write("5")
     on_cuda = device == "cuda"
     if not on_cuda:
         torch.set_num_threads(1)
     tokenizer = build_tokenizer()
     model = build_tiny_model(tokenizer, "token_classification", seed=0, **MODELS[device])
-    warmup = 2
     common = {
         "output_dir": "/tmp/bench-trainer",
         "use_cpu": not on_cuda,
@@ -177,31 +233,41 @@ def worker(trainer_kind: str, labels: str, steps: int, batch_size: int, device: 
         "save_strategy": "no",
         "gradient_checkpointing": False,
         "per_device_train_batch_size": batch_size,
-        "max_steps": steps + warmup,
+        "max_steps": steps,
         "disable_tqdm": True,
         "logging_steps": 1000,
         "seed": 0,
     }
-    dataset = Dataset.from_list(stepwise_rows(batch_size * (steps + warmup), SEQ_STEPS[device], labels))
+    dataset = Dataset.from_list(stepwise_rows(batch_size * steps, SEQ_STEPS[device], labels))
 
-    class StepTimer(TrainerCallback):
-        """Time from the end of one optimizer step to the end of the next (batch fetch and collation included)."""
+    class Lockstep(TrainerCallback):
+        """Hand the turn over at the start of training and after every step; time each step from its turn."""
 
         def __init__(self):
-            self.ends = []  # (wall, CPU time of the process) at the end of every step
+            self.resume, self.steps = (0.0, 0.0), []
+
+        def turn(self) -> None:
+            if baton is not None:
+                baton.pass_and_wait({"step": len(self.steps), "pid": os.getpid()})
+            self.resume = (time.perf_counter(), time.process_time())
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.ends.append((time.perf_counter(), time.process_time()))
+            self.turn()
 
         def on_step_end(self, args, state, control, **kwargs):
             if on_cuda:
                 torch.cuda.synchronize()
-            self.ends.append((time.perf_counter(), time.process_time()))
+            self.steps.append((time.perf_counter() - self.resume[0], time.process_time() - self.resume[1]))
+            self.turn()
 
-    timer = StepTimer()
+    lockstep = Lockstep()
     config_class, trainer_class = (PRMConfig, PRMTrainer) if trainer_kind == "prm" else (ERPRMConfig, ERPRMTrainer)
     trainer = trainer_class(
-        model=model, args=config_class(**common), train_dataset=dataset, processing_class=tokenizer, callbacks=[timer]
+        model=model,
+        args=config_class(**common),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[lockstep],
     )
     collate, tokens = trainer.data_collator, []
 
@@ -224,13 +290,10 @@ def worker(trainer_kind: str, labels: str, steps: int, batch_size: int, device: 
         train_peak = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:
         train_peak = process_peak - before
-    timed = list(zip(tokens, timer.ends, timer.ends[1:]))[warmup:]
-    rates = [n / (b[0] - a[0]) for n, a, b in timed]
-    cpu_rates = [n / max(b[1] - a[1], 1e-9) for n, a, b in timed]
     return {
-        "tokens_per_s": statistics.median(rates),
-        "tokens_per_cpu_s": statistics.median(cpu_rates),
-        "step_tokens_per_s": rates,
+        "tokens": tokens[: len(lockstep.steps)],
+        "wall": [wall for wall, _ in lockstep.steps],
+        "cpu": [cpu for _, cpu in lockstep.steps],
         "peak_rss_mb": process_peak,
         "train_peak_mb": train_peak,
         "trl_version": trl.__version__,
@@ -238,11 +301,12 @@ def worker(trainer_kind: str, labels: str, steps: int, batch_size: int, device: 
 
 
 def serve() -> None:
-    """Worker server: import the libraries once, then run each job read from stdin in a forked child.
+    """Worker server: import the libraries once, then run each batch of jobs read from stdin in forked children.
 
-    Each stdin line is a JSON object of [`worker`] arguments; the answer is one JSON line on stdout (the worker's
-    result, or `{"error": traceback}`). A forked child starts with the libraries already imported (saving their import
-    time for every measurement) and with its own memory, so its peaks are its own.
+    Each stdin line is a JSON list of [`worker`] keyword arguments; every job runs in its own forked child, all at
+    once (a lockstep run needs them alive together); the answer is one JSON line on stdout, the list of the workers'
+    results (or `{"error": traceback}`), in order. A forked child starts with the libraries already imported and with
+    its own memory, so its peaks are its own.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -255,30 +319,33 @@ def serve() -> None:
     channel = os.fdopen(os.dup(1), "w")  # answers go here; anything else printed (Trainer logs) goes to stderr
     os.dup2(2, 1)
     for line in sys.stdin:
-        job = json.loads(line)
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read)
-            try:
-                payload = json.dumps(worker(**job))
-            except BaseException:
-                payload = json.dumps({"error": traceback.format_exc()})
-            with os.fdopen(write, "w") as f:
-                f.write(payload)
-            os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as f:
-            payload = f.read()
-        _, status = os.waitpid(pid, 0)
-        if not payload:
-            payload = json.dumps({"error": f"worker process died (wait status {status})"})
-        channel.write(payload + "\n")
+        children = []
+        for job in json.loads(line):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(read)
+                try:
+                    payload = json.dumps(worker(**job))
+                except BaseException:
+                    payload = json.dumps({"error": traceback.format_exc()})
+                with os.fdopen(write, "w") as f:
+                    f.write(payload)
+                os._exit(0)
+            os.close(write)
+            children.append((pid, read))
+        results = []
+        for pid, read in children:
+            with os.fdopen(read) as f:
+                payload = f.read()
+            _, status = os.waitpid(pid, 0)
+            results.append(json.loads(payload) if payload else {"error": f"worker died (wait status {status})"})
+        channel.write(json.dumps(results) + "\n")
         channel.flush()
 
 
 class _Server:
-    """A [`serve`] process under another interpreter; `request(**job)` runs one worker job there."""
+    """A [`serve`] process under another interpreter: `submit(jobs)`, then `result()` for their results."""
 
     def __init__(self, python: str):
         self.log = tempfile.TemporaryFile("w+")
@@ -291,16 +358,15 @@ class _Server:
             cwd=ROOT,
         )
 
-    def request(self, **job) -> dict:
-        self.process.stdin.write(json.dumps(job) + "\n")
+    def submit(self, jobs: list[dict]) -> None:
+        self.process.stdin.write(json.dumps(jobs) + "\n")
         self.process.stdin.flush()
+
+    def result(self) -> list[dict]:
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"benchmark server exited with status {self.process.wait()}:\n{self.stderr()}")
-        result = json.loads(line)
-        if "error" in result:
-            result["error"] += f"\nserver stderr (tail):\n{self.stderr()}"
-        return result
+        return json.loads(line)
 
     def stderr(self, chars: int = 3000) -> str:
         """The last `chars` characters the server wrote to stderr."""
@@ -309,69 +375,169 @@ class _Server:
 
     def close(self) -> None:
         self.process.stdin.close()
-        self.process.wait()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self.log.close()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _read_message(fd: int, name: str, pid: int | None) -> dict:
+    """One JSON line from a worker's `done` pipe; raise if the worker reports an error, dies or times out."""
+    data, waited = b"", 0.0
+    while not data.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready:
+            data += os.read(fd, 65536)
+            continue
+        waited += 1.0
+        if (pid is not None and not _alive(pid)) or waited > STEP_TIMEOUT:
+            raise RuntimeError(f"benchmark worker {name} died or stalled")
+    message = json.loads(data)
+    if "error" in message:
+        raise RuntimeError(f"benchmark worker {name} failed:\n{message['error']}")
+    return message
+
+
+def lockstep(servers: dict[str, _Server], job: dict, rounds: int, folder: Path) -> dict[str, dict]:
+    """Train every configuration of [`CONFIGS`] in its own process, one step each in turn, and collect the results.
+
+    Args:
+        servers (`dict[str, _Server]`):
+            A server per environment (`"trl113"`, `"newest"`); configurations of a missing environment are left out.
+        job (`dict`):
+            [`worker`] arguments shared by every configuration (`steps`, `batch_size`, `device`).
+        rounds (`int`):
+            Number of steps of every configuration (`job["steps"]`).
+        folder (`Path`):
+            An empty folder for the named pipes.
+
+    Returns:
+        `dict[str, dict]`: The [`worker`] result of each configuration, by name (`"trl113/prm_hard"`, ...).
+    """
+    configs = [(kind, t, labels) for kind, t, labels in CONFIGS if kind in servers]
+    names = [f"{kind}/{t}_{labels}" for kind, t, labels in configs]
+    pipes, pids = {}, {}
+    try:
+        jobs: dict[str, list[dict]] = {}
+        for index, ((kind, trainer_kind, labels), name) in enumerate(zip(configs, names)):
+            go, done = folder / f"{index}.go", folder / f"{index}.done"
+            os.mkfifo(go)
+            os.mkfifo(done)
+            pipes[name] = (os.open(go, os.O_RDWR), os.open(done, os.O_RDWR))
+            job_ = {**job, "trainer_kind": trainer_kind, "labels": labels, "go": str(go), "done": str(done)}
+            jobs.setdefault(kind, []).append(job_)
+        for kind, server_jobs in jobs.items():
+            servers[kind].submit(server_jobs)
+        for name in names:  # every worker has built its trainer and waits at the start of training
+            pids[name] = _read_message(pipes[name][1], name, None)["pid"]
+        for step in range(rounds):
+            shift = step % len(names)
+            for name in names[shift:] + names[:shift]:
+                os.write(pipes[name][0], b"go\n")
+                _read_message(pipes[name][1], name, pids[name])
+        for name in names:  # let every worker finish `train()` and report
+            os.write(pipes[name][0], b"go\n")
+        results = {}
+        for kind in jobs:
+            kind_names = [n for n in names if n.startswith(f"{kind}/")]
+            for name, result in zip(kind_names, servers[kind].result()):
+                if "error" in result:
+                    raise RuntimeError(f"benchmark worker {name} failed:\n{result['error']}")
+                results[name] = result
+        return results
+    finally:
+        for go_fd, done_fd in pipes.values():  # a worker still waiting for its turn sees the end and stops
+            os.close(go_fd)
+            os.close(done_fd)
+
+
+def _per_repeat(results: dict[str, dict], warmup: int) -> tuple[dict, dict]:
+    """Median tokens/s of each configuration and median per-round ratios against the baseline, for one repeat."""
+    rates = {}
+    for name, result in results.items():
+        timed = list(zip(result["tokens"], result["wall"], result["cpu"]))[warmup:]
+        rates[name] = {
+            "tokens/s": [n / wall for n, wall, _ in timed],
+            "tokens/CPU-s": [n / max(cpu, 1e-9) for n, _, cpu in timed],
+        }
+    samples = {
+        name: {
+            "tokens_per_s": statistics.median(rate["tokens/s"]),
+            "tokens_per_cpu_s": statistics.median(rate["tokens/CPU-s"]),
+            "peak_rss_mb": results[name]["peak_rss_mb"],
+            "train_peak_mb": results[name]["train_peak_mb"],
+        }
+        for name, rate in rates.items()
+    }
+    ratios = {}
+    if BASELINE in results:
+        base = rates[BASELINE]
+        for name in results:
+            if name == BASELINE:
+                continue
+            for label in ("tokens/s", "tokens/CPU-s"):
+                per_round = [a / b for a, b in zip(rates[name][label], base[label])]
+                ratios[f"{name} / {BASELINE} {label}"] = statistics.median(per_round)
+            peak = results[name]["train_peak_mb"] / results[BASELINE]["train_peak_mb"]
+            ratios[f"{name} / {BASELINE} training peak memory"] = peak
+    return samples, ratios
+
+
 def run(quick: bool = False, device: str = "cpu") -> dict:
-    """Run every configuration `repeats` times, interleaved, each in a fresh worker process.
+    """Run every configuration in lockstep, `repeats` times with fresh processes.
 
     Args:
         quick (`bool`, *optional*, defaults to `False`):
-            7 repeats of 12 timed steps instead of 10 repeats of 30.
+            3 repeats of 16 timed steps instead of 5 repeats of 40.
         device (`str`, *optional*, defaults to `"cpu"`):
             `"cpu"` or `"cuda"` (a larger model, bfloat16, CUDA memory).
 
     Returns:
-        `dict`: `settings`, `samples` (per configuration, per-repeat lists of tokens/s, process peak RSS and training
-        peak memory), `ratios` (per repeat, against `trl113/prm_hard` of the same repeat), `checks` (soft-label
-        ERPRMTrainer within 5% of the baseline), `environments`, `notes`.
+        `dict`: `settings`, `samples` (per configuration, per-repeat lists of median tokens/s, tokens per CPU-second,
+        process peak RSS and training peak memory), `ratios` (per repeat: the median over rounds of the per-round
+        ratio against `trl113/prm_hard`, and the ratio of training peak memory), `checks` (ERPRMTrainer on soft labels
+        and on outcomes at most 5% slower than the baseline), `environments`, `notes`.
     """
-    repeats, steps, batch = (7, 12, 8) if quick else (10, 30, 8)
-    if device == "cuda":
-        batch = 16
+    repeats, steps = (3, 16) if quick else (5, 40)
+    batch = 16 if device == "cuda" else 8
     pythons = {kind: find_python(kind) for kind in ("newest", "trl113")}
-    samples: dict[str, dict[str, list[float]]] = {}
-    versions = {}
     servers = {kind: _Server(python) for kind, python in pythons.items() if python is not None}
+    samples: dict[str, dict[str, list[float]]] = {}
+    ratios: dict[str, list[float]] = {}
+    versions = {}
     try:
-        for repeat in range(repeats):
-            # rotate the order so that no configuration always runs first (or right after the baseline)
-            for kind, trainer_kind, labels in CONFIGS[repeat % len(CONFIGS) :] + CONFIGS[: repeat % len(CONFIGS)]:
-                if kind not in servers:
-                    continue
-                job = {"trainer_kind": trainer_kind, "labels": labels, "steps": steps, "batch_size": batch}
-                result = servers[kind].request(**job, device=device)
-                if "error" in result:
-                    raise RuntimeError(f"benchmark worker {kind}/{trainer_kind}_{labels} failed:\n{result['error']}")
-                versions[kind] = result["trl_version"]
-                metrics = samples.setdefault(f"{kind}/{trainer_kind}_{labels}", {})
-                for metric in ("tokens_per_s", "tokens_per_cpu_s", "peak_rss_mb", "train_peak_mb"):
-                    metrics.setdefault(metric, []).append(result[metric])
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory() as folder:
+                job = {"steps": WARMUP + steps, "batch_size": batch, "device": device}
+                results = lockstep(servers, job, WARMUP + steps, Path(folder))
+            for name, result in results.items():
+                versions[name.split("/")[0]] = result["trl_version"]
+            repeat_samples, repeat_ratios = _per_repeat(results, WARMUP)
+            for name, metrics in repeat_samples.items():
+                for metric, value in metrics.items():
+                    samples.setdefault(name, {}).setdefault(metric, []).append(value)
+            for key, value in repeat_ratios.items():
+                ratios.setdefault(key, []).append(value)
     finally:
         for server in servers.values():
             server.close()
 
-    ratios: dict[str, list[float]] = {}
-    checks: dict[str, bool] = {}
-    base = samples.get(BASELINE)
-    if base:
-        for key, values in samples.items():
-            if key == BASELINE:
-                continue
-            for metric, label in (
-                ("tokens_per_s", "tokens/s"),
-                ("tokens_per_cpu_s", "tokens/CPU-s"),
-                ("train_peak_mb", "training peak memory"),
-                ("peak_rss_mb", "process peak RSS"),
-            ):
-                ratios[f"{key} / {BASELINE} {label}"] = [v / b for v, b in zip(values[metric], base[metric])]
+    checks = {}
+    for key, what in (("erprm_soft", "soft labels"), ("erprm_outcomes", "ER labels from outcomes")):
         for label in ("tokens/s", "tokens/CPU-s"):
-            soft = ratios.get(f"trl113/erprm_soft / {BASELINE} {label}")
-            if soft:
-                checks[f"ERPRMTrainer (soft) {label} >= {1 - MAX_SLOWDOWN:.2f}x PRMTrainer (hard), median"] = (
-                    statistics.median(soft) >= 1 - MAX_SLOWDOWN
-                )
+            values = ratios.get(f"trl113/{key} / {BASELINE} {label}")
+            if values:
+                name = f"ERPRMTrainer ({what}) {label} >= {1 - MAX_SLOWDOWN:.2f}x PRMTrainer (hard), median"
+                checks[name] = statistics.median(values) >= 1 - MAX_SLOWDOWN
     missing = [kind for kind, python in pythons.items() if python is None]
     precision = "bfloat16 on CUDA" if device == "cuda" else "float32 on CPU, 1 torch thread"
     return {
@@ -380,7 +546,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
             "steps_per_row": SEQ_STEPS[device],
             "batch_size": batch,
             "timed_steps": steps,
-            "warmup_steps": 2,
+            "warmup_steps": WARMUP,
             "repeats": repeats,
             "precision": precision,
         },
@@ -389,9 +555,10 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         "checks": checks,
         "environments": {kind: {"python": python, "trl": versions.get(kind)} for kind, python in pythons.items()},
         "notes": (
-            "tokens/s counts non-padding tokens; the training peak memory is the growth of the resident set (CUDA: "
-            "allocated memory) during `train()` over what was held before it, the process peak RSS includes the "
-            "libraries and the model."
+            "tokens/s counts non-padding tokens per second of wall time; tokens/CPU-s per CPU-second of the worker "
+            "process (with one torch thread, what a dedicated core delivers). The training peak memory is the growth "
+            "of the resident set (CUDA: allocated memory) during `train()` over what was held before it; the process "
+            "peak RSS includes the libraries and the model."
             + (f" Missing environments: {missing} (set TRL_ERPRM_PYTHON_NEWEST / _TRL113)." if missing else "")
         ),
     }

@@ -149,3 +149,31 @@ def test_render_lists_ratios_of_every_benchmark_first(harness):
     assert "| one | x / y | 1.25 | 1 - 2 | 5 |" in top and "| three | p / q | 0.5 | | 1 |" in top
     assert "Traceback: boom" in page[page.index("## two") :]
     assert "`python benchmarks/run.py`" in page
+
+
+def test_trainer_benchmark_takes_ratios_per_round_then_the_median():
+    spec = importlib.util.spec_from_file_location("bench_trainer", REPO / "benchmarks" / "bench_trainer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # stdlib imports only: no trainer runs here
+    base, soft = "trl113/prm_hard", "trl113/erprm_soft"
+    memory = {"peak_rss_mb": 500, "train_peak_mb": 100}
+    results = {
+        base: {"tokens": [100] * 4, "wall": [1, 1, 2, 2], "cpu": [1, 1, 1, 1], **memory},
+        soft: {
+            "tokens": [100] * 4,
+            "wall": [9, 2, 4, 1],
+            "cpu": [9, 1, 2, 1],
+            "peak_rss_mb": 510,
+            "train_peak_mb": 110,
+        },
+    }
+    samples, ratios = bench._per_repeat(results, warmup=1)  # the first round is warm-up
+    # rounds 1-3: base 100, 50, 50 tokens/s; soft 50, 25, 100 -> per-round ratios 0.5, 0.5, 2 -> median 0.5
+    # (the ratio of the medians, 50 / 50, would be 1)
+    assert ratios[f"{soft} / {base} tokens/s"] == 0.5
+    # CPU time: base 100, 100, 100; soft 100, 50, 100 -> ratios 1, 0.5, 1 -> median 1
+    assert ratios[f"{soft} / {base} tokens/CPU-s"] == 1.0
+    assert ratios[f"{soft} / {base} training peak memory"] == pytest.approx(1.1)
+    assert samples[soft] == {"tokens_per_s": 50.0, "tokens_per_cpu_s": 100.0, "peak_rss_mb": 510, "train_peak_mb": 110}
+    assert samples[base]["tokens_per_s"] == 50.0
+    assert not any(key.startswith(f"{base} /") for key in ratios)
