@@ -33,9 +33,9 @@ import torch
 from ..functional import STEP_AGGREGATIONS, aggregate_steps
 from ..labeling.grading import MathVerifyGrader, extract_final_answer
 from ..labeling.steps import STEP_SPLITTERS, split_steps
-from .jobs import open_run_dir, run_writer, write_json
+from .jobs import open_run_dir, run_writer
 from .metrics import default_n_values, normalize_answer, selection_curves
-from .report import format_table, plot_curves
+from .report import format_table, plot_curves, write_reports
 from .scorers import load_scorer
 
 
@@ -525,15 +525,11 @@ def run_best_of_n(args: BestOfNArguments) -> dict:
     report["arguments"] = asdict(args)
     out = Path(args.output_dir)
     table = format_table(report["curves"], report["n_values"])
-    (out / "table.md").write_text(table + "\n")
     files = {"results": str(out / "results.json"), "table": str(out / "table.md")}
     if args.plot:
         files["plot"] = plot_curves(report["curves"], out / "accuracy_vs_n.png", title=f"Best-of-N ({args.prm_model})")
     report["files"] = files
-    write_json(out / "results.json", report)
-    print(table)
-    print(f"Bad input (see the rules in trl_erprm/evaluation/bon.py): {report['bad_input']}")
-    return {**report, "table": table}
+    return write_reports(out, report, table, "trl_erprm/evaluation/bon.py")
 
 
 def bon_main(argv: list[str] | None = None) -> dict:

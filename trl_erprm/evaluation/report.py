@@ -6,6 +6,8 @@ import math
 import os
 from pathlib import Path
 
+from .jobs import write_json
+
 
 def _cell(stats: dict) -> str:
     mean, std = stats["mean"], stats["std"]
@@ -85,3 +87,27 @@ def plot_curves(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)
+
+
+def write_reports(output_dir: str | os.PathLike, report: dict, table: str, rules_module: str) -> dict:
+    """Write `table.md` and `results.json` of an evaluation run and print the table and the bad-input counts.
+
+    Args:
+        output_dir (`str` or `os.PathLike`):
+            The run's output folder.
+        report (`dict`):
+            The report, with a `bad_input` entry; written as `results.json`.
+        table (`str`):
+            The markdown table; written as `table.md` and printed.
+        rules_module (`str`):
+            File documenting the bad-input rules, named in the printed line.
+
+    Returns:
+        `dict`: The report with the table under `table`.
+    """
+    out = Path(output_dir)
+    (out / "table.md").write_text(table + "\n")
+    write_json(out / "results.json", report)
+    print(table)
+    print(f"Bad input (see the rules in {rules_module}): {report['bad_input']}")
+    return {**report, "table": table}

@@ -25,12 +25,12 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .jobs import open_run_dir, run_writer, write_json
+from .jobs import open_run_dir, run_writer
 from .metrics import choose_threshold, first_error_prediction, processbench_metrics
+from .report import write_reports
 from .scorers import load_scorer
 
 
@@ -355,13 +355,7 @@ def run_step_eval(args: StepEvalArguments) -> dict:
     _, records = score_items(args)
     report = step_eval_report(records, args)
     report["arguments"] = asdict(args)
-    table = _table(report)
-    out = Path(args.output_dir)
-    (out / "table.md").write_text(table + "\n")
-    write_json(out / "results.json", report)
-    print(table)
-    print(f"Bad input (see the rules in trl_erprm/evaluation/stepeval.py): {report['bad_input']}")
-    return {**report, "table": table}
+    return write_reports(args.output_dir, report, _table(report), "trl_erprm/evaluation/stepeval.py")
 
 
 def stepeval_main(argv: list[str] | None = None) -> dict:
