@@ -71,3 +71,52 @@ def test_public_names_resolve_on_first_use():
     assert trl_erprm.PRMTrainer.__module__ == "trl_erprm.prm.prm_trainer"
     with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
         trl_erprm.NoSuchName  # noqa: B018
+
+
+def _static_imports() -> dict[str, set[str]]:
+    """For every module of the package, the trl_erprm modules it imports (anywhere in its source, lazily or not)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "trl_erprm"
+    found = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                name = ".".join(base + ([node.module] if node.module else []))
+                deps |= {name} if node.module else {f"{name}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {alias.name for alias in node.names}
+        found[module] = {d for d in deps if d.startswith("trl_erprm")}
+    return found
+
+
+def test_import_arrows_point_one_way():
+    """docs/architecture.md: the bottom layer imports nothing of ours, the data layer no trainer, labeler or scorer,
+    the labeler and the scorers no trainer; only the CLI imports the quickstart, and nothing imports the CLI."""
+    imports = _static_imports()
+    assert len(imports) > 30 and imports["trl_erprm.data.stepwise"] == {"trl_erprm.functional", "trl_erprm.steps"}
+
+    def breaking(modules, allowed=None, forbidden=None):
+        """The imports of `modules` outside `allowed` or inside `forbidden` (prefixes)."""
+        return {
+            (m, d)
+            for m in modules
+            for d in imports[m]
+            if (allowed is not None and not d.startswith(allowed)) or (forbidden and d.startswith(forbidden))
+        }
+
+    bottom = [f"trl_erprm.{name}" for name in ("steps", "functional", "models", "_lazy", "_compat", "tiny")]
+    assert not breaking(bottom, allowed=())
+    data = [m for m in imports if m.startswith("trl_erprm.data")]
+    assert not breaking(data, allowed=("trl_erprm.data", "trl_erprm.steps", "trl_erprm.functional", "trl_erprm._lazy"))
+    trainers = ("trl_erprm.prm", "trl_erprm.erprm_", "trl_erprm.implicit_prm_", "trl_erprm.prime", "trl_erprm.prl")
+    users = [m for m in imports if m.startswith(("trl_erprm.labeling", "trl_erprm.evaluation"))]
+    assert not breaking(users, forbidden=trainers)
+    others = [m for m in imports if not m.startswith(("trl_erprm.quickstart", "trl_erprm.cli"))]
+    assert not breaking(others, forbidden=("trl_erprm.quickstart", "trl_erprm.cli"))

@@ -46,7 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 # =====================================================================================================================
-# transformers: TrainingArguments internals
+# transformers: TrainingArguments internals, and the gradient -> activation checkpointing rename (transformers 5.2x)
 # =====================================================================================================================
 
 
