@@ -1,13 +1,14 @@
 """Configuration of [`ERPRMTrainer`]."""
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._compat import add_dict_fields
 from .functional import resolve_eta
 from .prm.prm_config import PRMConfig
 
 
+@add_dict_fields("model_init_kwargs")
 @dataclass
 class ERPRMConfig(PRMConfig):
     r"""
@@ -57,8 +58,6 @@ class ERPRMConfig(PRMConfig):
 
     def __post_init__(self):
         self.eta = resolve_eta(self.eta)
-        if isinstance(self.model_init_kwargs, str):
-            self.model_init_kwargs = json.loads(self.model_init_kwargs)
         if not 0.0 < self.label_threshold < 1.0:
             raise ValueError(f"label_threshold must be in (0, 1), got {self.label_threshold}.")
         super().__post_init__()
