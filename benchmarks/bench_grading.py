@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "gsm8k_test.jsonl"  # 104 GSM8K test rows
 DESCRIPTION = (
     "Grading throughput of `MathVerifyGrader` (2 worker processes) on Monte-Carlo-rollout-like answers, with our "
     "answer cache against without it (the baseline), in alternating order over repeats; and the raw math-verify rate "

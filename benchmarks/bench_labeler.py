@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "gsm8k_test.jsonl"  # 104 GSM8K test rows
 DESCRIPTION = (
     "ER-PRM labeling with the transformers backend on a tiny Qwen2 (CPU): the rollouts of every step prefix in one "
     "backend call (what the labeler does) against one call per prefix (the baseline), and the share of a whole "
@@ -35,7 +35,7 @@ DESCRIPTION = (
 
 
 def _rows(num_rows: int) -> list[dict]:
-    from trl_erprm.labeling.steps import gsm8k_to_stepwise
+    from trl_erprm.data import gsm8k_to_stepwise
 
     lines = DATA.read_text().splitlines()[:num_rows]
     return [gsm8k_to_stepwise(json.loads(line), i) for i, line in enumerate(lines)]

@@ -1,4 +1,4 @@
-# python examples/bon_eval.py --dataset_name ../shared/data/gsm8k_test.jsonl --dataset_split train --prompt_column question --gold_column answer --max_problems 8 --num_candidates 4 --max_new_tokens 32 --tiny_models_dir /tmp/bon_tiny --output_dir /tmp/bon_eval
+# python examples/bon_eval.py --dataset_name tests/data/gsm8k_test.jsonl --dataset_split train --prompt_column question --gold_column answer --max_problems 8 --num_candidates 4 --max_new_tokens 32 --tiny_models_dir /tmp/bon_tiny --output_dir /tmp/bon_eval
 """Best-of-N evaluation of a PRM: Best-of-N per step aggregation, majority and PRM-weighted majority vote, pass@N.
 
 Generate N candidates per problem with a generator, score their steps with a PRM, grade them with the sandboxed
@@ -8,13 +8,13 @@ interrupted resumes from `--output_dir` when started again with the same argumen
 On a CPU, with tiny randomly initialised models built locally (the first line of this file; the accuracies are 0, the
 point is the pipeline):
 
-    python examples/bon_eval.py --dataset_name ../shared/data/gsm8k_test.jsonl --dataset_split train \
+    python examples/bon_eval.py --dataset_name tests/data/gsm8k_test.jsonl --dataset_split train \
         --prompt_column question --gold_column answer --max_problems 8 --num_candidates 4 --max_new_tokens 32 \
         --tiny_models_dir /tmp/bon_tiny --output_dir /tmp/bon_eval
 
 A real generator and an ER-PRM trained with `examples/erprm_train.py`, on MATH-500 (one GPU):
 
-    python examples/bon_eval.py --dataset_name ../shared/data/math500_test.jsonl --dataset_split train \
+    python examples/bon_eval.py --dataset_name tests/data/math500_test.jsonl --dataset_split train \
         --prompt_column problem --gold_column answer --generator_model Qwen/Qwen2.5-Math-1.5B-Instruct \
         --use_chat_template --prompt_suffix " Please reason step by step, and put your final answer within \\boxed{}." \
         --generation_backend vllm --num_candidates 64 --max_new_tokens 1024 \

@@ -1,4 +1,4 @@
-# accelerate launch examples/erprm_label.py --model_name_or_path deepseek-ai/deepseek-math-7b-rl --backend vllm --dataset_name ../shared/data/gsm8k_test.jsonl --dataset_format gsm8k --output_dir gsm8k-erprm-labels
+# accelerate launch examples/erprm_label.py --model_name_or_path deepseek-ai/deepseek-math-7b-rl --backend vllm --dataset_name tests/data/gsm8k_test.jsonl --dataset_format gsm8k --output_dir gsm8k-erprm-labels
 """Label step-split solutions with ER-PRM Monte-Carlo rollouts (arXiv 2412.11006), as a resumable job.
 
 For every step prefix of every solution, `--num_rollouts` completions are sampled from the generator and graded
@@ -11,7 +11,7 @@ The paper's setup on GPUs with vLLM (one engine per GPU, rows split across proce
 
     accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/erprm_label.py \
         --model_name_or_path deepseek-ai/deepseek-math-7b-rl --backend vllm --num_rollouts 16 --temperature 1.0 \
-        --max_new_tokens 1024 --prefix_placement user --dataset_name ../shared/data/gsm8k_test.jsonl \
+        --max_new_tokens 1024 --prefix_placement user --dataset_name tests/data/gsm8k_test.jsonl \
         --dataset_format gsm8k --output_dir gsm8k-erprm-labels --eta 1.0
 
 Many labeling processes (or nodes) sharing one generation server:
@@ -27,7 +27,7 @@ over gloo. `--cpu` with several processes would start only one, unless MPI is se
 On a CPU with a local model folder (for instance a tiny one from `trl_erprm.tiny`) and the transformers backend:
 
     accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/erprm_label.py \
-        --model_name_or_path path/to/model --dataset_name ../shared/data/gsm8k_test.jsonl --dataset_format gsm8k \
+        --model_name_or_path path/to/model --dataset_name tests/data/gsm8k_test.jsonl --dataset_format gsm8k \
         --num_rows 8 --num_rollouts 4 --max_new_tokens 64 --output_dir /tmp/erprm-labels
 
 Then train on the labels, choosing eta at batch time: `examples/erprm_train.py --dataset_name

@@ -26,13 +26,12 @@ On a CPU with a local model folder and a local jsonl file:
 
 from dataclasses import dataclass, field
 
-import torch
 from accelerate import PartialState
-from transformers import AutoModelForTokenClassification, AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from trl_erprm import ERPRMConfig, ERPRMTrainer
 from trl_erprm.data import load_any_dataset
+from trl_erprm.models import load_model, load_tokenizer
 
 
 @dataclass
@@ -64,23 +63,21 @@ class ScriptArguments:
 
 def main(script_args: ScriptArguments, training_args: ERPRMConfig, model_args: ModelConfig) -> None:
     """Load the model and data, train, save, and optionally push to the Hub."""
-    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     quantization_config = get_quantization_config(model_args)
-    model_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": script_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": dtype,
-        "num_labels": 2,
-        "use_safetensors": True,
-    }
+    model_kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation}
     if quantization_config is not None:
         model_kwargs["quantization_config"] = quantization_config
         model_kwargs["device_map"] = {"": PartialState().local_process_index}
-    model = AutoModelForTokenClassification.from_pretrained(model_args.model_name_or_path, **model_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, trust_remote_code=script_args.trust_remote_code
+    # trl-erprm's one loader: safetensors only, no remote code unless asked, "auto" dtype = the checkpoint's.
+    model = load_model(
+        model_args.model_name_or_path,
+        "token_classification",
+        dtype=model_args.dtype,
+        trust_remote_code=script_args.trust_remote_code,
+        num_labels=2,
+        **model_kwargs,
     )
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=script_args.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -10,7 +10,7 @@ with the reference-free variant `beta * log pi_prm`.
 On CPU with tiny local models (see docs/implicit_prm.md):
 
     python examples/grpo_implicit_prm_reward.py --model_name_or_path tiny-lm --prm_model_name_or_path tiny-implicit-prm \
-        --prm_ref_model_name_or_path tiny-lm --dataset_name ../shared/data/math500_test.jsonl --max_train_samples 8 \
+        --prm_ref_model_name_or_path tiny-lm --dataset_name tests/data/math500_test.jsonl --max_train_samples 8 \
         --output_dir tiny-grpo --max_steps 2 --num_generations 2 --per_device_train_batch_size 2 \
         --max_completion_length 16 --use_cpu --bf16 False --report_to none
 """

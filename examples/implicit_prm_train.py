@@ -19,11 +19,11 @@ Score with the trained model afterwards: `ImplicitPRM("tiny-implicit-prm", ref_m
 import os
 
 from datasets import load_dataset, load_from_disk
-from transformers import AutoTokenizer
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_erprm.implicit_prm_config import ImplicitPRMConfig
 from trl_erprm.implicit_prm_trainer import ImplicitPRMTrainer
+from trl_erprm.models import load_tokenizer
 
 
 def load_outcome_dataset(script_args: ScriptArguments):
@@ -47,7 +47,7 @@ def main(script_args: ScriptArguments, training_args: ImplicitPRMConfig, model_a
     model_init_kwargs = {k: v for k, v in model_init_kwargs.items() if v is not None}
     model_init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = model_init_kwargs
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision)
 
     dataset = load_outcome_dataset(script_args)
     eval_dataset = None

@@ -6,7 +6,7 @@ on the `solution` column, an implicit PRM initialised from the policy and update
 On the CPU, with a tiny local model and local data (a few steps):
 
     python -c "from trl_erprm.tiny import build_tokenizer, build_tiny_model; build_tiny_model(build_tokenizer(), save_dir='tiny-lm')"
-    accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/prime_grpo.py --model_name_or_path tiny-lm --dataset_name ../shared/data/math500_test.jsonl --max_train_samples 16 --output_dir prime-tiny --use_cpu --per_device_train_batch_size 4 --num_generations 2 --max_completion_length 16 --max_steps 3 --accuracy_lower_bound 0 --accuracy_upper_bound 1 --report_to none
+    accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/prime_grpo.py --model_name_or_path tiny-lm --dataset_name tests/data/math500_test.jsonl --max_train_samples 16 --output_dir prime-tiny --use_cpu --per_device_train_batch_size 4 --num_generations 2 --max_completion_length 16 --max_steps 3 --accuracy_lower_bound 0 --accuracy_upper_bound 1 --report_to none
 
 The PRM is a separate full copy of the model per process (its gradients are averaged over processes with an
 all-reduce); with DeepSpeed ZeRO-2/3 only the policy is sharded. The PRM is saved in `prm/` inside every checkpoint

@@ -8,7 +8,7 @@ computes only with `--beta` > 0: a small beta keeps GRPO's own KL loss small.
 On the CPU, with a tiny local model and local data (a few steps):
 
     python -c "from trl_erprm.tiny import build_tokenizer, build_tiny_model; build_tiny_model(build_tokenizer(), save_dir='tiny-lm')"
-    accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/prl_grpo.py --model_name_or_path tiny-lm --dataset_name ../shared/data/math500_test.jsonl --max_train_samples 16 --output_dir prl-tiny --use_cpu --per_device_train_batch_size 4 --num_generations 2 --max_completion_length 16 --max_steps 3 --beta 0.001 --eta 100 --step_len 4 --report_to none
+    accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/prl_grpo.py --model_name_or_path tiny-lm --dataset_name tests/data/math500_test.jsonl --max_train_samples 16 --output_dir prl-tiny --use_cpu --per_device_train_batch_size 4 --num_generations 2 --max_completion_length 16 --max_steps 3 --beta 0.001 --eta 100 --step_len 4 --report_to none
 """
 
 import os

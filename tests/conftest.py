@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from trl_erprm.tiny import build_tiny_model, build_tokenizer  # noqa: E402
 
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SAMPLE_DATA = Path(__file__).resolve().parent / "data"
 
 
 # One thread: the test models are tiny, and on a loaded 2-core machine extra threads only contend.
@@ -80,11 +80,9 @@ def token_cls_model(token_cls_path):
 
 
 @pytest.fixture(scope="session")
-def shared_data():
-    """Folder of the real public data samples (`../shared/data`)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"The shared data folder {SHARED_DATA} is missing: clone the project next to shared/.")
-    return SHARED_DATA
+def sample_data():
+    """Folder of the real public data samples shipped with the tests (`tests/data`, see its README)."""
+    return SAMPLE_DATA
 
 
 @pytest.fixture

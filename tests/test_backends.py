@@ -211,13 +211,13 @@ def test_contract_bad_requests(backend):
         backend.generate(["a"], 0, RANDOM, seeds=[1])
 
 
-def test_labeler_end_to_end_on_every_backend(backend, tokenizer, shared_data, tmp_path):
+def test_labeler_end_to_end_on_every_backend(backend, tokenizer, sample_data, tmp_path):
     """The labeler on real GSM8K rows with this backend: labels are er_label of the stored outcomes."""
+    from trl_erprm.data import gsm8k_to_stepwise
     from trl_erprm.functional import er_label
     from trl_erprm.labeling.labeler import ERPRMLabeler
-    from trl_erprm.labeling.steps import gsm8k_to_stepwise
 
-    lines = (shared_data / "gsm8k_test.jsonl").read_text().splitlines()[:2]
+    lines = (sample_data / "gsm8k_test.jsonl").read_text().splitlines()[:2]
     rows = [gsm8k_to_stepwise(json.loads(line), i) for i, line in enumerate(lines)]
     labeler = ERPRMLabeler(
         model_name_or_path="tiny",

@@ -23,12 +23,13 @@ def _blocks(page, language):
 def test_python_blocks_run(page, tmp_path, monkeypatch):
     """The Python blocks of a page run top to bottom in one namespace, as a reader would paste them.
 
-    They run in a scratch folder laid out like a checkout: `examples/` is there and `../shared/data` resolves.
+    They run in a scratch folder laid out like a checkout: `examples/` and the sample data `tests/data/` are there.
     """
     work = tmp_path / "work"
     work.mkdir()
     (work / "examples").symlink_to(ROOT / "examples")
-    (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
+    (work / "tests").mkdir()
+    (work / "tests" / "data").symlink_to(ROOT / "tests" / "data")
     monkeypatch.chdir(work)
     namespace = {"__name__": "__docs__"}
     for block in _blocks(page, "python"):

@@ -96,9 +96,9 @@ def test_argument_errors():
 
 
 @pytest.fixture(scope="module")
-def gsm8k_subset(tmp_path_factory, shared_data):
+def gsm8k_subset(tmp_path_factory, sample_data):
     path = tmp_path_factory.mktemp("bon_data") / "gsm8k.jsonl"
-    lines = (shared_data / "gsm8k_test.jsonl").read_text().splitlines()[:3]
+    lines = (sample_data / "gsm8k_test.jsonl").read_text().splitlines()[:3]
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 

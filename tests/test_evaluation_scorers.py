@@ -1,6 +1,8 @@
 """PRM scorers: TRL's token-classification layout, LM-head step tags, the implicit PRM path, batching."""
 
+import json
 import logging
+import warnings
 
 import pytest
 import torch
@@ -27,15 +29,18 @@ STEPS = [
 @pytest.mark.parametrize("separator", ["\n", "\n\n"])
 def test_token_classification_layout_matches_prm_trainer(request, tokenizer_name, separator, token_cls_model):
     """Same input ids and label positions as `PRMTrainer.tokenize_row` (TRL's own on trl 1.13, the drop-in after)."""
+    tokenize_row = PRMTrainer.tokenize_row
     if TRL_HAS_PRM:
-        from trl.experimental.prm import PRMTrainer as TRLPRMTrainer
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from trl.experimental.prm import PRMTrainer as TRLPRMTrainer
 
-        assert PRMTrainer is TRLPRMTrainer
+        tokenize_row = TRLPRMTrainer.tokenize_row
     tokenizer = request.getfixturevalue(tokenizer_name)
     scorer = TokenClassificationScorer(token_cls_model, tokenizer, step_separator=separator, max_length=40)
     for prompt, steps in zip(PROMPTS, STEPS):
         features = {"prompt": prompt, "completions": steps, "labels": [1] * len(steps)}
-        row = PRMTrainer.tokenize_row(features, tokenizer, separator, 40, None, False, False)
+        row = tokenize_row(features, tokenizer, separator, 40, None, False, False)
         input_ids, positions = scorer.layout(prompt, steps)
         assert input_ids == row["input_ids"]
         assert positions == [t for t, label in enumerate(row["labels"]) if label != -100]
@@ -120,3 +125,54 @@ def test_implicit_prm_scorer(causal_lm_path, tokenizer):
     assert scorer.score(PROMPTS, STEPS) == [pytest.approx(v) for v in q[:3]]
     with pytest.raises(ValueError, match="value"):
         ImplicitPRMScorer(prm, value="p")
+
+
+def test_one_step_format_for_the_implicit_prm_in_bon_stepeval_and_directly(tmp_path, causal_lm_path):
+    """`bon` and `stepeval` with `--prm_type implicit` under default settings (steps cut at blank lines, PRM separator
+    "\\n") score the given steps, the same values as `ImplicitPRM` on the same steps; a step holding the PRM's separator
+    stays one step instead of being split again."""
+    from trl_erprm.evaluation.bon import BestOfNArguments, score_problems
+    from trl_erprm.evaluation.stepeval import StepEvalArguments, score_items
+    from trl_erprm.implicit_prm import ImplicitPRM
+
+    steps = [
+        ["Ann has 3 apples.\nShe gets 4 more.", "3 + 4 = 7.", "The answer is \\boxed{7}."],  # a "\n" inside step 1
+        ["Bob buys 12 pens.", "So 12 pens.\nThe answer is \\boxed{12}."],
+    ]
+    prompts = ["Ann has 3 apples and gets 4 more. How many?", "Bob buys 12 pens. How many?"]
+    bon_rows = [{"prompt": p, "completions": ["\n\n".join(s)], "correct": [1]} for p, s in zip(prompts, steps)]
+    bon_data = tmp_path / "bon.jsonl"
+    bon_data.write_text("".join(json.dumps(r) + "\n" for r in bon_rows))
+    bon = score_problems(
+        BestOfNArguments(
+            dataset_name=str(bon_data),
+            dataset_split="train",
+            correctness_column="correct",
+            prm_model=causal_lm_path,
+            prm_type="implicit",
+            output_dir=str(tmp_path / "bon"),
+        )
+    )
+    step_data = tmp_path / "steps.jsonl"
+    step_data.write_text(
+        "".join(json.dumps({"problem": p, "steps": s, "label": -1}) + "\n" for p, s in zip(prompts, steps))
+    )
+    _, items = score_items(
+        StepEvalArguments(
+            dataset_name=str(step_data),
+            dataset_split="train",
+            prm_model=causal_lm_path,
+            prm_type="implicit",
+            threshold=0.0,
+            output_dir=str(tmp_path / "stepeval"),
+        )
+    )
+    prm = ImplicitPRM(causal_lm_path, ref_model=None, step_separator="\n", beta=0.05)
+    direct = [r["q_at_step_ends"] for r in prm.score_steps(prompts, steps)]
+    assert [len(d) for d in direct] == [3, 2]
+    assert [r["step_scores"][0] for r in bon] == [pytest.approx(d, abs=1e-6) for d in direct]
+    assert [r["scores"] for r in items] == [pytest.approx(d, abs=1e-6) for d in direct]
+    # Where no step holds the separator, the given steps and the joined text are the same steps.
+    plain = [["3 + 4 = 7.", "The answer is 7."]]
+    as_steps = prm.score_steps(prompts[:1], plain)[0]["q_at_step_ends"]
+    assert as_steps == pytest.approx(prm.score_steps(prompts[:1], ["\n".join(plain[0])])[0]["q_at_step_ends"])

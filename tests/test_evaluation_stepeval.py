@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from trl_erprm.data import math_shepherd_to_stepwise, prm800k_to_stepwise
 from trl_erprm.evaluation.stepeval import StepEvalArguments, run_step_eval, stepeval_main, stepwise_to_processbench
-from trl_erprm.labeling.steps import math_shepherd_to_stepwise, prm800k_to_stepwise
 
 
 def _write_jsonl(path, rows):
@@ -84,10 +84,10 @@ def test_stepwise_to_processbench():
     assert stepwise_to_processbench([0.6, 0.4], threshold=0.7) == 0
 
 
-def test_real_samples_through_a_tiny_prm_and_resume(tmp_path, shared_data, token_cls_path):
-    rows = [json.loads(line) for line in (shared_data / "math_shepherd_samples.jsonl").read_text().splitlines()]
+def test_real_samples_through_a_tiny_prm_and_resume(tmp_path, sample_data, token_cls_path):
+    rows = [json.loads(line) for line in (sample_data / "math_shepherd_samples.jsonl").read_text().splitlines()]
     stepwise = [math_shepherd_to_stepwise(r, i) for i, r in enumerate(rows)]
-    rows = [json.loads(line) for line in (shared_data / "prm800k_samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (sample_data / "prm800k_samples.jsonl").read_text().splitlines()]
     stepwise += [p for i, r in enumerate(rows) for p in prm800k_to_stepwise(r, i, answer_column="gold")]
     data = _write_jsonl(
         tmp_path / "stepwise.jsonl", [{k: r[k] for k in ("prompt", "completions", "labels")} for r in stepwise]

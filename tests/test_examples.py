@@ -205,13 +205,13 @@ def example_inputs(tmp_path_factory, causal_lm_path, tokenizer):
 
 
 @pytest.fixture
-def placeholders(example_inputs, causal_lm_path, token_cls_path, shared_data, tmp_path):
+def placeholders(example_inputs, causal_lm_path, token_cls_path, sample_data, tmp_path):
     """Values of the `{name}` placeholders of `Case.args`."""
     return {
         **example_inputs,
         "causal_lm": causal_lm_path,
         "token_cls": token_cls_path,
-        "data": str(shared_data),
+        "data": str(sample_data),
         "out": str(tmp_path / "out"),
     }
 

@@ -251,16 +251,16 @@ def test_repeated_answers_are_graded_once():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _reference_solutions(shared_data):
+def _reference_solutions(sample_data):
     completions, golds, sources = [], [], []
-    for i, line in enumerate((shared_data / "gsm8k_test.jsonl").read_text().splitlines()):
+    for i, line in enumerate((sample_data / "gsm8k_test.jsonl").read_text().splitlines()):
         row = json.loads(line)
         solution, gold = row["answer"].split("####")
         ending = f"The answer is {gold.strip()}" if i % 2 == 0 else f"So the answer is $\\boxed{{{gold.strip()}}}$."
         completions.append(solution.strip() + "\n" + ending)
         golds.append(gold.strip())
         sources.append("gsm8k")
-    for line in (shared_data / "math500_test.jsonl").read_text().splitlines():
+    for line in (sample_data / "math500_test.jsonl").read_text().splitlines():
         row = json.loads(line)
         completions.append(row["solution"])
         golds.append(row["answer"])
@@ -268,8 +268,8 @@ def _reference_solutions(shared_data):
     return completions, golds, sources
 
 
-def test_reference_solutions_agree_with_their_gold(grader, shared_data):
-    completions, golds, sources = _reference_solutions(shared_data)
+def test_reference_solutions_agree_with_their_gold(grader, sample_data):
+    completions, golds, sources = _reference_solutions(sample_data)
     results = grader.grade(completions, golds)
     # A grader that says "correct" to everything would pass the check above: shift the golds by one problem.
     shifted = [

@@ -6,12 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from trl_erprm.implicit_prm import (
-    ImplicitPRM,
-    step_end_char_indices,
-    step_end_token_indices,
-    truncate_to_max_length,
-)
+from trl_erprm.data import truncate_to_max_length
+from trl_erprm.implicit_prm import ImplicitPRM
 from trl_erprm.tiny import build_tiny_model
 
 
@@ -69,33 +65,6 @@ def hand_steps(tokenizer, model, ref, prompt, completion, beta, bos=False):
 # ---------------------------------------------------------------------------------------------------------------------
 # Pure helpers
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "text, separator, expected",
-    [
-        ("a.\n\nb", "\n\n", [3, 4]),
-        ("abc", "\n\n", [2]),  # no separator: one step
-        ("", "\n\n", []),
-        ("a\n\n", "\n\n", [2]),  # trailing separator: no empty last step
-        ("\n\na\n\n\n\nb", "\n\n", [6, 7]),  # leading separator and a run of separators
-        ("\n\n\n\n", "\n\n", [3]),  # separators only: one step
-        ("x ки y ки", " ки", [3, 8]),  # x=0, " ки"=1..3, " y"=4..5, " ки"=6..8
-        ("a\n\nb", None, [3]),
-    ],
-)
-def test_step_end_char_indices(text, separator, expected):
-    assert step_end_char_indices(text, separator) == expected
-
-
-def test_step_end_token_indices_by_hand():
-    # "a.\n\nb": tokens "a", ".\n\n" (merged), "b"
-    assert step_end_token_indices([(0, 1), (1, 4), (4, 5)], [3, 4]) == [1, 2]
-    # "a\n\nThe": tokens "a", "\n\nThe" (separator merged with the NEXT step): step 1 ends on the merged token
-    assert step_end_token_indices([(0, 1), (1, 6)], [2, 5]) == [1]
-    # a 2-byte character split over two byte tokens with the same span: the step ends at the last of them
-    assert step_end_token_indices([(0, 1), (1, 2), (1, 2), (2, 3)], [1, 2]) == [2, 3]
-    assert step_end_token_indices([], []) == []
 
 
 def test_truncate_to_max_length():

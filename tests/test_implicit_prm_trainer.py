@@ -5,14 +5,10 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
+from trl_erprm.data import DataCollatorForImplicitPRM, build_dpo_pairs, validate_outcome_rows
 from trl_erprm.implicit_prm import ImplicitPRM
 from trl_erprm.implicit_prm_config import ImplicitPRMConfig
-from trl_erprm.implicit_prm_trainer import (
-    DataCollatorForImplicitPRM,
-    ImplicitPRMTrainer,
-    build_dpo_pairs,
-    validate_outcome_rows,
-)
+from trl_erprm.implicit_prm_trainer import ImplicitPRMTrainer
 
 
 BETA = 0.1

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trl_erprm.data import gsm8k_to_stepwise
 from trl_erprm.functional import er_label
 from trl_erprm.labeling import store
 from trl_erprm.labeling.grading import MathVerifyGrader
@@ -29,17 +30,17 @@ from trl_erprm.labeling.labeler import (
     main,
 )
 from trl_erprm.labeling.labeler_config import ERPRMLabelerConfig
-from trl_erprm.labeling.steps import gsm8k_to_stepwise
 
 
 REPO = Path(__file__).resolve().parents[1]
-# Four of the shortest GSM8K test problems (indices in gsm8k_test.jsonl).
-GSM8K_ROWS = (579, 462, 305, 673)
+# Four of the shortest GSM8K test problems: rows 579, 462, 305 and 673 of the test split, lines 102, 101, 100 and 103
+# of tests/data/gsm8k_test.jsonl (see its README).
+GSM8K_ROWS = (102, 101, 100, 103)
 JOB = {"num_rollouts": 3, "max_new_tokens": 24, "seed": 7, "batch_size": 1, "step_separator": "\n"}
 
 
-def read_gsm8k(shared_data, indices=GSM8K_ROWS):
-    lines = (shared_data / "gsm8k_test.jsonl").read_text().splitlines()
+def read_gsm8k(sample_data, indices=GSM8K_ROWS):
+    lines = (sample_data / "gsm8k_test.jsonl").read_text().splitlines()
     return [gsm8k_to_stepwise(json.loads(lines[i]), i) for i in indices]
 
 
@@ -53,8 +54,8 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def gsm8k_rows(shared_data):
-    return read_gsm8k(shared_data)
+def gsm8k_rows(sample_data):
+    return read_gsm8k(sample_data)
 
 
 @pytest.fixture(scope="module")

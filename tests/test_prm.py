@@ -1,17 +1,23 @@
-"""`trl_erprm.PRMTrainer` / `PRMConfig`: TRL's classes on TRL <= 1.13, a faithful drop-in on newer TRL.
+"""`trl_erprm.PRMTrainer` / `PRMConfig`: trl-erprm's drop-in for TRL 1.13's PRM classes, used on every TRL version.
 
-The same expectations run against whichever class is installed, so this file passing on both TRL versions is the
-parity check between TRL 1.13's PRMTrainer and the drop-in.
+On trl 1.13 (the last TRL with `trl.experimental.prm`) the tests marked `needs_trl_prm` compare the drop-in with TRL's
+own classes: tokenization, metrics, PEFT preparation and a whole training run must be identical. On newer TRL they
+cannot run (TRL's class is gone) and the same layout is checked against a hand-written expectation instead.
 """
 
+import copy
 import dataclasses
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 import trl
 from datasets import Dataset
 from packaging.version import Version
+from peft import LoraConfig
+from transformers.trainer_utils import EvalPrediction
 
 from trl_erprm import TRL_HAS_PRM, ERPRMTrainer, PRMConfig, PRMTrainer
 from trl_erprm.prm import prm_config as dropin_config
@@ -19,19 +25,21 @@ from trl_erprm.prm import prm_trainer as dropin_trainer
 
 
 ROW = {"prompt": "What is 2+3?", "completions": ["2+3=5.", "So 5."], "labels": [True, False]}
+needs_trl_prm = pytest.mark.skipif(not TRL_HAS_PRM, reason="TRL's own PRMTrainer exists only on trl <= 1.13")
 
 
-def test_prm_classes_come_from_trl_when_trl_has_them():
-    if Version(trl.__version__) < Version("1.14.0"):
-        from trl.experimental.prm import PRMConfig as TRLPRMConfig
-        from trl.experimental.prm import PRMTrainer as TRLPRMTrainer
+def _trl_prm():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TRL warns on every import of its experimental namespace
+        from trl.experimental import prm
 
-        assert TRL_HAS_PRM and PRMTrainer is TRLPRMTrainer and PRMConfig is TRLPRMConfig
-        assert issubclass(ERPRMTrainer, TRLPRMTrainer)
-    else:
-        assert not TRL_HAS_PRM
-        assert PRMTrainer is dropin_trainer.PRMTrainer and PRMConfig is dropin_config.PRMConfig
-        assert issubclass(ERPRMTrainer, dropin_trainer.PRMTrainer)
+    return prm
+
+
+def test_prm_classes_are_ours_on_every_trl():
+    assert PRMTrainer is dropin_trainer.PRMTrainer and PRMConfig is dropin_config.PRMConfig
+    assert issubclass(ERPRMTrainer, dropin_trainer.PRMTrainer)
+    assert TRL_HAS_PRM == (Version(trl.__version__) < Version("1.14.0"))
 
 
 def test_config_fields_and_defaults():
@@ -44,9 +52,12 @@ def test_config_fields_and_defaults():
     assert config.dataset_num_proc is None
     assert config.learning_rate == 1e-5
     assert config.logging_steps == 10 and config.gradient_checkpointing is True
-    # The drop-in declares exactly the installed PRMConfig's own fields, with the same defaults.
+
+
+@needs_trl_prm
+def test_config_declares_trls_fields_with_trls_defaults():
     ours = {f.name: f.default for f in dataclasses.fields(dropin_config.PRMConfig)}
-    theirs = {f.name: f.default for f in dataclasses.fields(PRMConfig)}
+    theirs = {f.name: f.default for f in dataclasses.fields(_trl_prm().PRMConfig)}
     assert ours == theirs
 
 
@@ -84,15 +95,79 @@ def test_tokenize_row_truncation(tokenizer):
     assert cut["input_ids"] == full["input_ids"][: prompt_len + 2]
 
 
-def test_dropin_matches_installed_prm_trainer(tokenizer, bos_tokenizer):
-    """Where TRL has its own PRMTrainer, the drop-in must tokenize exactly like it; elsewhere, like the layout."""
+@needs_trl_prm
+def test_dropin_tokenizes_exactly_like_trl(tokenizer, bos_tokenizer):
+    trl_tokenize_row = _trl_prm().PRMTrainer.tokenize_row
     rows = [ROW, {"prompt": "Q", "completions": ["a", "b b", "c"], "labels": [1, 1, 0]}]
+    settings = [("\n", None, None, False, False), ("\n\n", 12, 4, True, False), ("\n", 6, None, True, True)]
+    settings += [("", None, None, False, True), (" ки", 9, None, False, False)]
     for tok in (tokenizer, bos_tokenizer):
         for row in rows:
-            for args in [("\n", None, None, False, False), ("\n\n", 12, 4, True, False), ("\n", 6, None, True, True)]:
-                assert dropin_trainer.PRMTrainer.tokenize_row(row, tok, *args) == PRMTrainer.tokenize_row(
-                    row, tok, *args
-                )
+            for args in settings:
+                assert PRMTrainer.tokenize_row(row, tok, *args) == trl_tokenize_row(row, tok, *args)
+
+
+def _metric_inputs():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, 2))
+    labels = np.full((3, 5), -100)
+    labels[0, [1, 3]] = [1, 0]
+    labels[1, 4] = 1
+    labels[2, [0, 2, 4]] = [0, 0, 1]
+    pairwise = np.array([[0.3, 0.1], [0.2, 0.2], [-1.0, 2.0], [0.5, 0.5]])  # two ties, left out
+    return [(logits, labels), (pairwise, np.zeros(4, dtype=np.int64))]
+
+
+def test_compute_accuracy_by_hand():
+    (logits, labels), (pairwise, pair_labels) = _metric_inputs()
+    keep = labels != -100
+    expected = np.mean(logits.argmax(-1)[keep] == labels[keep])
+    assert dropin_trainer.compute_accuracy(EvalPrediction(logits, labels)) == {"accuracy": expected}
+    assert dropin_trainer.compute_accuracy((logits, labels)) == {"accuracy": expected}  # a plain tuple works too
+    assert dropin_trainer.compute_accuracy((pairwise, pair_labels)) == {"accuracy": 0.5}  # 1 of the 2 non-ties
+
+
+@needs_trl_prm
+def test_compute_accuracy_equals_trls():
+    for predictions, labels in _metric_inputs():
+        for eval_pred in (EvalPrediction(predictions, labels), (predictions, labels)):
+            assert dropin_trainer.compute_accuracy(eval_pred) == _trl_prm().prm_trainer.compute_accuracy(eval_pred)
+
+
+def _peft_state(model):
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hooked = getattr(base, "_require_grads_hook", None) is not None
+    checkpointed = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False)]
+    settings = [dict(getattr(m._gradient_checkpointing_func, "keywords", {})) for m in checkpointed]
+    return type(model).__name__, trainable, base.is_activation_checkpointing, hooked, settings
+
+
+@pytest.mark.parametrize("use_reentrant", [None, False, True])
+@pytest.mark.parametrize("gradient_checkpointing", [True, False])
+def test_peft_preparation_equals_trls(token_cls_model, use_reentrant, gradient_checkpointing):
+    """The drop-in prepares a model for LoRA exactly like TRL's helper (still shipped in `trl.experimental.utils`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from trl.experimental.utils import prepare_peft_model as trl_prepare_peft_model
+    kwargs = None if use_reentrant is None else {"use_reentrant": use_reentrant}
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="TOKEN_CLS")
+    states = []
+    for prepare in (dropin_trainer.prepare_peft_model, trl_prepare_peft_model):
+        args = PRMConfig(
+            output_dir="x",
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=kwargs,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TRL calls transformers' deprecated name
+            model = prepare(copy.deepcopy(token_cls_model), copy.deepcopy(lora), args)
+        states.append((_peft_state(model), args.gradient_checkpointing))
+    assert states[0] == states[1]
+    assert states[0][0][2] == gradient_checkpointing  # checkpointing on exactly when asked
+    assert states[0][0][3] == gradient_checkpointing  # adapters get input gradients (peft adds them too)
 
 
 def _hard_dataset(n=8):
@@ -109,18 +184,44 @@ def _hard_dataset(n=8):
     return Dataset.from_list(rows)
 
 
-def test_prm_trainer_trains_and_reports_accuracy(token_cls_model, tokenizer, cpu_train_kwargs):
-    args = PRMConfig(**cpu_train_kwargs, max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3)
-    trainer = PRMTrainer(
-        model=token_cls_model,
+def _train(trainer_class, config_class, model, tokenizer, cpu_train_kwargs):
+    args = config_class(**cpu_train_kwargs, max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3)
+    trainer = trainer_class(
+        model=model,
         args=args,
         train_dataset=_hard_dataset(),
         eval_dataset=_hard_dataset(4),
         processing_class=tokenizer,
     )
-    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
     trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    return trainer, losses, trainer.evaluate()
+
+
+def test_prm_trainer_trains_and_reports_accuracy(token_cls_model, tokenizer, cpu_train_kwargs):
+    before = {k: v.clone() for k, v in token_cls_model.named_parameters()}
+    trainer, _, metrics = _train(PRMTrainer, PRMConfig, token_cls_model, tokenizer, cpu_train_kwargs)
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.named_parameters())
-    metrics = trainer.evaluate()
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and math.isfinite(metrics["eval_loss"])
     assert "prm" in trainer.model.model_tags
+
+
+@needs_trl_prm
+def test_training_and_metrics_identical_to_trls(token_cls_model, tokenizer, cpu_train_kwargs):
+    """Same model, data and seed: TRL 1.13's PRMTrainer and the drop-in train to the same weights and metrics."""
+    prm = _trl_prm()
+    cpu_train_kwargs = {**cpu_train_kwargs, "logging_steps": 1}
+    ours, our_losses, our_metrics = _train(
+        PRMTrainer, PRMConfig, copy.deepcopy(token_cls_model), tokenizer, cpu_train_kwargs
+    )
+    theirs, their_losses, their_metrics = _train(
+        prm.PRMTrainer, prm.PRMConfig, copy.deepcopy(token_cls_model), tokenizer, cpu_train_kwargs
+    )
+    assert ours.train_dataset[:] == theirs.train_dataset[:] and ours.eval_dataset[:] == theirs.eval_dataset[:]
+    assert our_losses == their_losses and len(our_losses) == 3
+    for (name, a), (_, b) in zip(ours.model.named_parameters(), theirs.model.named_parameters()):
+        assert torch.equal(a, b), name
+    runtime = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    assert {k: v for k, v in our_metrics.items() if k not in runtime} == {
+        k: v for k, v in their_metrics.items() if k not in runtime
+    }

@@ -15,9 +15,9 @@ from trl_erprm.quickstart import (
     check_solution,
     generate_problems,
     parse_problem,
-    split_steps,
     task_corpus,
 )
+from trl_erprm.steps import StepFormat
 
 
 # Ann has 7 apples, buys 5 (12), gives away 3 (9), gets 3 times as many (27).
@@ -221,10 +221,9 @@ def test_separator_is_a_parameter():
     assert check_solution(ANN, solution, separator="\n").first_error == -1
     # Read with the default "\n\n" it is a single step holding three equations.
     assert check_solution(ANN, solution).step_errors == ["multiple_equations"]
-    assert split_steps(" a \n\n\n\n b\n\n", "\n\n") == ["a", "b"]
-    assert split_steps("") == [""]
+    assert check_solution(ANN, "").steps == [""]  # a solution with no text is one empty step
     with pytest.raises(ValueError, match="separator"):
-        split_steps("a", "")
+        check_solution(ANN, solution, separator="")
     assert set(STEP_ERRORS) >= {"arithmetic", "wrong_operand", "no_equation", "missing_answer"}
 
 
@@ -250,7 +249,7 @@ def test_processbench_and_stepwise_datasets():
     assert bench["id"] == ["0-0", "0-1", "0-2", "1-0"]
     assert bench["label"] == [-1, 1, 0, -1]
     assert bench["final_answer_correct"] == [True, False, False, True]
-    assert bench[1]["steps"] == split_steps(wrong_at_1)
+    assert bench[1]["steps"] == StepFormat("\n\n").split(wrong_at_1)
     assert bench["answer"] == ["27", "27", "27", "4"]
     stepwise = build_stepwise_dataset([ANN, BOB], solutions)
     assert stepwise["labels"] == [[True, True, True], [True, False, False], [False], [True]]

@@ -1,22 +1,18 @@
-"""Step splitting and the Math-Shepherd / PRM800K / GSM8K converters, on the real samples in ../shared/data."""
+"""The one step format (`trl_erprm.steps`): splitting free text by named rule, writing steps with `StepFormat`,
+cutting them back out, and finding where each step ends in characters and in tokens."""
 
 import json
 
 import pytest
 
-from trl_erprm.labeling.steps import (
+from trl_erprm.steps import (
     STEP_SPLITTERS,
-    convert_prm800k,
-    gsm8k_to_stepwise,
-    math_shepherd_to_stepwise,
-    prm800k_to_stepwise,
+    StepFormat,
+    locate_chars,
     split_by_separator,
     split_steps,
+    step_end_token_indices,
 )
-
-
-def _rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -54,8 +50,8 @@ def test_split_steps_errors():
     assert set(STEP_SPLITTERS) == {"double_newline", "newline", "step_markers"}
 
 
-def test_split_real_gsm8k_solution(shared_data):
-    row = _rows(shared_data / "gsm8k_test.jsonl")[0]
+def test_split_real_gsm8k_solution(sample_data):
+    row = json.loads((sample_data / "gsm8k_test.jsonl").read_text().splitlines()[0])
     steps = split_steps(row["answer"].split("####")[0], "newline")
     assert steps == [
         "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.",
@@ -64,132 +60,121 @@ def test_split_real_gsm8k_solution(shared_data):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Math-Shepherd
+# StepFormat: writing steps and cutting them back out
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_math_shepherd_real_samples(shared_data):
-    rows = _rows(shared_data / "math_shepherd_samples.jsonl")
-    converted = [math_shepherd_to_stepwise(row, i) for i, row in enumerate(rows)]
-    assert [len(c["completions"]) for c in converted] == [5, 3, 2, 5, 5, 2, 3]
-    first = converted[0]
-    assert first["prompt"] == (
-        "Janet pays $40/hour for 3 hours per week of clarinet lessons and $28/hour for 5 hours a week of piano "
-        "lessons. How much more does she spend on piano lessons than clarinet lessons in a year?"
-    )
-    assert first["completions"][0] == (
-        "Step 1: Janet spends 3 hours + 5 hours = <<3+5=8>>8 hours per week on music lessons."
-    )
-    assert first["completions"][-1].endswith("The answer is: 13520")
-    assert first["labels"] == [1.0, 1.0, 1.0, 1.0, 0.0]
-    assert converted[4]["labels"] == [1.0, 0.0, 0.0, 0.0, 0.0]
-    for row, c in zip(rows, converted):
-        assert all("ки" not in step and step == step.strip() for step in c["completions"])
-        assert len(c["labels"]) == len(c["completions"]) == row["input"].count("ки") == row["label"].count("\n") + 1
-        assert sum(c["labels"]) == sum(line.endswith("+") for line in row["label"].split("\n"))
+def test_join_and_prefix_by_hand():
+    fmt = StepFormat("\n")
+    assert fmt.join(["a", "b", "c"]) == "a\nb\nc"
+    assert fmt.join_prefix(["a", "b"]) == "a\nb\n"  # the next step starts after a separator
+    assert fmt.join_prefix([]) == "" and fmt.join([]) == ""
+    tagged = StepFormat("\n", tag=" ки")
+    assert tagged.join(["a", "b"]) == "a ки\nb ки"  # the last step keeps its tag, not the separator
+    assert tagged.join_prefix(["a"]) == "a ки\n"
+    assert StepFormat("", tag=" ки").join(["a", "b"]) == "a киb ки"  # no separator: steps back to back
+    assert fmt.marker == "\n" and tagged.marker == " ки"
 
 
-def test_math_shepherd_tag_without_space_and_custom_tag():
-    row = {"input": "Q? Step 1: a.ки\nStep 2: b. ки", "label": "Q? Step 1: a.+\nStep 2: b. -"}
-    assert math_shepherd_to_stepwise(row) == {
-        "prompt": "Q?",
-        "completions": ["Step 1: a.", "Step 2: b."],
-        "labels": [1.0, 0.0],
-    }
-    row = {"input": "Q? Step 1: a. <s>\nStep 2: b. <s>", "label": "Q? Step 1: a. -\nStep 2: b. +"}
-    assert math_shepherd_to_stepwise(row, step_tag="<s>")["labels"] == [0.0, 1.0]
+def test_join_with_ends_by_hand():
+    # "1 + 1 = 2." is characters 0-9, "\n\n" 10-11, "So 2." 12-16.
+    assert StepFormat("\n\n").join_with_ends(["1 + 1 = 2.", "So 2."]) == ("1 + 1 = 2.\n\nSo 2.", [11, 16])
+    # With a tag each step ends at the last character of its tag: "a ки" is 0-3, "\n" 4, "bc ки" 5-9.
+    assert StepFormat("\n", tag=" ки").join_with_ends(["a", "bc"]) == ("a ки\nbc ки", [3, 9])
+    # A step that contains the separator stays one step: its end is where its own separator was written.
+    text, ends = StepFormat("\n").join_with_ends(["x = 1\ny = 2", "z"])
+    assert text == "x = 1\ny = 2\nz" and ends == [11, 12]
+    assert StepFormat("\n").char_ends(text) == [5, 11, 12]  # re-splitting the text would give three steps
+    with pytest.raises(ValueError, match="non-empty separator or tag"):
+        StepFormat("").join_with_ends(["a"])
 
 
 @pytest.mark.parametrize(
-    "row, message",
+    "text, separator, expected",
     [
-        ({"input": "Q? Step 1: a.", "label": "Q? Step 1: a."}, "row 3: no step tag"),
-        ({"input": "Q? Step 1: a. ки tail", "label": "Q? Step 1: a. + tail"}, "row 3: text after the last step tag"),
-        ({"input": "Q? Step 1: a. ки", "label": "Q? Step 1: b. +"}, "row 3: 'label' does not match 'input' at step 1"),
-        ({"input": "Q? Step 1: a. ки", "label": "Q? Step 1: a. ?"}, "row 3: 'label' does not match"),
-        ({"input": "Q? First: a. ки", "label": "Q? First: a. +"}, "row 3: no 'Step 1:' marker"),
-        ({"input": "Q? Step 1: a. ки", "label": None}, "row 3: 'input' and 'label' must be strings"),
+        ("a.\n\nb", "\n\n", [3, 4]),
+        ("abc", "\n\n", [2]),  # no separator: one step
+        ("", "\n\n", []),
+        ("a\n\n", "\n\n", [2]),  # trailing separator: no empty last step
+        ("\n\na\n\n\n\nb", "\n\n", [6, 7]),  # leading separator and a run of separators
+        ("\n\n\n\n", "\n\n", [3]),  # separators only: one step
+        ("x ки y ки", " ки", [3, 8]),  # x=0, " ки"=1..3, " y"=4..5, " ки"=6..8
     ],
 )
-def test_math_shepherd_bad_rows(row, message):
-    with pytest.raises(ValueError, match=message):
-        math_shepherd_to_stepwise(row, 3)
+def test_char_ends_tagless(text, separator, expected):
+    assert StepFormat(separator).char_ends(text) == expected
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# PRM800K
-# ---------------------------------------------------------------------------------------------------------------------
+def test_char_ends_with_a_tag():
+    fmt = StepFormat("\n", tag=" ки")
+    assert fmt.char_ends("a ки\nbc ки") == [3, 9]
+    assert fmt.char_ends("a ки\nbc ки\n") == [3, 9]  # a trailing separator is no step
+    assert fmt.char_ends("a ки\ntail") == [3, 8]  # untagged text after the last tag is a last step
 
 
-def test_prm800k_chosen_path_on_real_samples(shared_data):
-    rows = _rows(shared_data / "prm800k_samples.jsonl")
-    converted = [prm800k_to_stepwise(row, i) for i, row in enumerate(rows)]
-    assert [len(c) for c in converted] == [1] * 6  # one path per sample by default
-    paths = [c[0] for c in converted]
-    assert [len(p["completions"]) for p in paths] == [6, 7, 5, 7, 8, 12]
-    assert [p["gold_answer"] for p in paths] == ["29", "28800", "468", "9", "1+2\\sqrt{3}", None]
-    # Sample 0: step 2 has no chosen completion (all rated -1), the labeler's own step is taken, labelled 1.
-    assert paths[0]["completions"][1] == "We have $3p+e=1.24$ and $5p+e=1.82$."
-    assert paths[0]["labels"] == [1.0] * 6
-    # Sample 1 ("found_error"): step 2 is rated 0 (neutral -> 1.0 by default), the path ends at the first -1.
-    assert paths[1]["labels"] == [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
-    last_step = rows[1]["label"]["steps"][-1]
-    assert paths[1]["completions"][-1] == last_step["completions"][0]["text"]
-    assert last_step["completions"][0]["rating"] == -1 and last_step["chosen_completion"] is None
-    # Neutral steps counted as bad on request.
-    assert prm800k_to_stepwise(rows[1], neutral_label=0.0)[0]["labels"] == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
-    for row, p in zip(rows, paths):
-        assert p["prompt"] == row["question"]["problem"]
-        assert len(p["labels"]) == len(p["completions"])
+@pytest.mark.parametrize("fmt", [StepFormat("\n"), StepFormat("\n\n"), StepFormat("\n", " ки"), StepFormat("", " ки")])
+def test_split_inverts_join(fmt):
+    steps = ["Ann has 3 apples.", "3 + 4 = 7.", "The answer is \\boxed{7}."]
+    assert fmt.split(fmt.join(steps)) == steps
+    text, ends = fmt.join_with_ends(steps)
+    assert ends == fmt.char_ends(text)  # the ends of a written text are the ends it was written with
 
 
-def test_prm800k_alternatives(shared_data):
-    rows = _rows(shared_data / "prm800k_samples.jsonl")
-    expanded = prm800k_to_stepwise(rows[3], include_alternatives=True)
-    path = expanded[-1]
-    assert path == prm800k_to_stepwise(rows[3])[0]
-    # Step 6 has 7 rated completions, completion 3 is chosen: 6 alternatives branch off at step 6.
-    ratings = [c["rating"] for c in rows[3]["label"]["steps"][5]["completions"]]
-    assert ratings == [-1, -1, 1, 1, 1, -1, 1]
-    branches = [r for r in expanded[:-1] if len(r["completions"]) == 6]
-    assert [r["labels"][-1] for r in branches] == [0.0, 0.0, 1.0, 1.0, 0.0, 1.0]
-    assert all(r["completions"][:5] == path["completions"][:5] for r in branches)
-    # The terminal error step of a "found_error" sample is on the path, not duplicated as an alternative.
-    expanded = prm800k_to_stepwise(rows[1], include_alternatives=True)
-    assert sum(r["completions"] == expanded[-1]["completions"] for r in expanded) == 1
-    assert len(convert_prm800k(rows, include_alternatives=True)) == sum(
-        len(prm800k_to_stepwise(r, include_alternatives=True)) for r in rows
+def test_split_and_bad_formats():
+    assert StepFormat("\n\n").split(" a \n\n\n\n b\n\n") == ["a", "b"]
+    assert StepFormat("\n\n").split("") == []
+    with pytest.raises(ValueError, match="non-empty separator or tag"):
+        StepFormat("").split("ab")
+    with pytest.raises(TypeError, match="strings"):
+        StepFormat(None)
+
+
+def test_tokenize_steps_is_trl_layout(tokenizer):
+    steps = ["2+3=5.", "So 5."]
+    separator_ids = tokenizer.encode("\n", add_special_tokens=False)
+    expected = [tokenizer(s, add_special_tokens=False)["input_ids"] + separator_ids for s in steps]
+    assert StepFormat("\n").tokenize_steps(tokenizer, steps) == expected
+    assert (
+        StepFormat("").tokenize_steps(tokenizer, steps)[0]
+        == tokenizer("2+3=5.", add_special_tokens=False)["input_ids"]
     )
+    with pytest.raises(ValueError, match="no tag"):
+        StepFormat("\n", tag=" ки").tokenize_steps(tokenizer, steps)
 
 
-def test_prm800k_bad_rows():
-    with pytest.raises(ValueError, match="PRM800K row 2: missing question.problem"):
-        prm800k_to_stepwise({"question": {}, "label": {"steps": []}}, 2)
-    bad = {
-        "question": {"problem": "P", "ground_truth_answer": "1"},
-        "label": {"steps": [{"completions": [{"text": "s", "rating": 5}], "chosen_completion": 0}]},
-    }
-    with pytest.raises(ValueError, match="PRM800K row 4, step 1: rating 5"):
-        prm800k_to_stepwise(bad, 4)
-    with pytest.raises(ValueError, match="PRM800K row 1, step 1: rating 5"):
-        convert_prm800k([{**bad, "label": {"steps": []}}, bad])
-    bad["label"]["steps"][0]["completions"][0]["rating"] = 1
-    assert convert_prm800k([bad], answer_column="answer") == [
-        {"prompt": "P", "completions": ["s"], "labels": [1.0], "answer": "1"}
-    ]
-    gave_up = {"question": {"problem": "P"}, "label": {"steps": [{"completions": None, "chosen_completion": None}]}}
-    assert prm800k_to_stepwise(gave_up) == []
+# ---------------------------------------------------------------------------------------------------------------------
+# Step ends in tokens
+# ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_gsm8k_to_stepwise_real_row(shared_data):
-    row = json.loads((shared_data / "gsm8k_test.jsonl").read_text().splitlines()[579])
-    out = gsm8k_to_stepwise(row)
-    assert out["prompt"] == row["question"]
-    assert out["gold_answer"] == "7"
-    assert out["completions"] == [
-        "His brother has 5 - 3 = 2 cards.",
-        "Together, they have 5 + 2 = 7 cards.",
-        "The answer is \\boxed{7}.",
-    ]
-    with pytest.raises(ValueError, match="row 3.*####"):
-        gsm8k_to_stepwise({"question": "q", "answer": "no marker"}, 3)
+def test_locate_chars_by_hand():
+    offsets = [(0, 0), (0, 1), (1, 4), (4, 5), (6, 7), (0, 0)]  # a BOS, 4 tokens (char 5 in none), an EOS
+    assert locate_chars(offsets, [0, 3, 4, 5, 6]) == [1, 2, 3, 3, 4]  # char 5 goes to the token before it
+    # a 2-byte character split over two byte tokens with the same span: the last of them holds it
+    assert locate_chars([(0, 1), (1, 2), (1, 2), (2, 3)], [1]) == [2]
+    assert locate_chars([(0, 0)], [0]) == []
+
+
+def test_step_end_token_indices_by_hand():
+    # "a.\n\nb": tokens "a", ".\n\n" (merged), "b"
+    assert step_end_token_indices([(0, 1), (1, 4), (4, 5)], [3, 4]) == [1, 2]
+    # "a\n\nThe": tokens "a", "\n\nThe" (separator merged with the NEXT step): step 1 ends on the merged token
+    assert step_end_token_indices([(0, 1), (1, 6)], [2, 5]) == [1]
+    # a 2-byte character split over two byte tokens with the same span: the step ends at the last of them
+    assert step_end_token_indices([(0, 1), (1, 2), (1, 2), (2, 3)], [1, 2]) == [2, 3]
+    assert step_end_token_indices([], []) == []
+
+
+def test_tags_found_in_real_tokens_when_merged(tokenizer):
+    """The tag of each step is found in the tokens of the joined text, also where BPE merges it with neighbours."""
+    fmt = StepFormat("\n", tag=" ки")
+    steps = ["3 + 4 = 7.", "7ки", "The answer is 7."]  # "7ки": a step ending in the tag's own letters
+    text, ends = fmt.join_with_ends(steps)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    positions = locate_chars(encoded["offset_mapping"], ends)
+    assert len(positions) == 3 and positions == sorted(set(positions))
+    for position, end in zip(positions, ends):
+        start, stop = encoded["offset_mapping"][position]
+        assert start <= end < stop  # the token under each tag holds the tag's last character
+    decoded = [tokenizer.decode(encoded["input_ids"][: p + 1]) for p in positions]
+    assert [d.endswith("ки") for d in decoded] == [True, True, True]

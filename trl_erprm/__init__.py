@@ -1,42 +1,52 @@
-"""trl-erprm: entropy-regularized process reward models, implicit PRMs and PRIME for Hugging Face TRL."""
+"""trl-erprm: entropy-regularized process reward models, implicit PRMs and PRIME for Hugging Face TRL.
+
+Names are imported from their modules on first use (TRL's lazy-module pattern), so `import trl_erprm` costs little
+more than `import trl`.
+"""
+
+import sys
+from typing import TYPE_CHECKING
+
+from ._lazy import LazyModule
+
 
 __version__ = "0.1.0"
 
-from .erprm_config import ERPRMConfig
-from .erprm_trainer import ERPRMDataCollator, ERPRMTrainer, compute_soft_metrics
-from .functional import ETA_ALIASES, STEP_AGGREGATIONS, aggregate_steps, er_label, resolve_eta
-from .implicit_prm import ImplicitPRM
-from .implicit_prm_config import ImplicitPRMConfig
-from .implicit_prm_trainer import ImplicitPRMTrainer
-from .labeling import ERPRMLabeler, ERPRMLabelerConfig, GradeResult, MathVerifyGrader
-from .prime import PRIMECallback, PRIMEConfig
-from .prl import PRLCallback, PRLConfig, separator_token_ids
-from .prm import TRL_HAS_PRM, PRMConfig, PRMTrainer
+_import_structure = {
+    "data.converters": ["convert_prm800k", "gsm8k_to_stepwise", "math_shepherd_to_stepwise", "prm800k_to_stepwise"],
+    "data.stepwise": ["ERPRMDataCollator"],
+    "erprm_config": ["ERPRMConfig"],
+    "erprm_trainer": ["ERPRMTrainer", "compute_soft_metrics"],
+    "functional": ["ETA_ALIASES", "STEP_AGGREGATIONS", "aggregate_steps", "er_label", "resolve_eta"],
+    "implicit_prm": ["ImplicitPRM"],
+    "implicit_prm_config": ["ImplicitPRMConfig"],
+    "implicit_prm_trainer": ["ImplicitPRMTrainer"],
+    "labeling.grading": ["GradeResult", "MathVerifyGrader"],
+    "labeling.labeler": ["ERPRMLabeler"],
+    "labeling.labeler_config": ["ERPRMLabelerConfig"],
+    "prime": ["PRIMECallback", "PRIMEConfig"],
+    "prl": ["PRLCallback", "PRLConfig"],
+    "prm": ["TRL_HAS_PRM", "PRMConfig", "PRMTrainer"],
+    "steps": ["STEP_SPLITTERS", "StepFormat", "separator_token_ids", "split_steps"],
+}
 
-
-__all__ = [
-    "ETA_ALIASES",
-    "STEP_AGGREGATIONS",
-    "TRL_HAS_PRM",
-    "ERPRMConfig",
-    "ERPRMDataCollator",
-    "ERPRMTrainer",
-    "ERPRMLabeler",
-    "ERPRMLabelerConfig",
-    "GradeResult",
-    "MathVerifyGrader",
-    "ImplicitPRM",
-    "ImplicitPRMConfig",
-    "ImplicitPRMTrainer",
-    "PRIMECallback",
-    "PRIMEConfig",
-    "PRLCallback",
-    "PRLConfig",
-    "PRMConfig",
-    "PRMTrainer",
-    "aggregate_steps",
-    "compute_soft_metrics",
-    "er_label",
-    "resolve_eta",
-    "separator_token_ids",
-]
+if TYPE_CHECKING:
+    from .data.converters import convert_prm800k, gsm8k_to_stepwise, math_shepherd_to_stepwise, prm800k_to_stepwise
+    from .data.stepwise import ERPRMDataCollator
+    from .erprm_config import ERPRMConfig
+    from .erprm_trainer import ERPRMTrainer, compute_soft_metrics
+    from .functional import ETA_ALIASES, STEP_AGGREGATIONS, aggregate_steps, er_label, resolve_eta
+    from .implicit_prm import ImplicitPRM
+    from .implicit_prm_config import ImplicitPRMConfig
+    from .implicit_prm_trainer import ImplicitPRMTrainer
+    from .labeling.grading import GradeResult, MathVerifyGrader
+    from .labeling.labeler import ERPRMLabeler
+    from .labeling.labeler_config import ERPRMLabelerConfig
+    from .prime import PRIMECallback, PRIMEConfig
+    from .prl import PRLCallback, PRLConfig
+    from .prm import TRL_HAS_PRM, PRMConfig, PRMTrainer
+    from .steps import STEP_SPLITTERS, StepFormat, separator_token_ids, split_steps
+else:
+    sys.modules[__name__] = LazyModule(
+        __name__, __file__, _import_structure, __spec__, {"__version__": __version__, "__doc__": __doc__}
+    )

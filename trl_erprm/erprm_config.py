@@ -1,21 +1,22 @@
 """Configuration of [`ERPRMTrainer`]."""
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._compat import add_dict_fields
 from .functional import resolve_eta
-from .prm import PRMConfig
+from .prm.prm_config import PRMConfig
 
 
+@add_dict_fields("model_init_kwargs")
 @dataclass
 class ERPRMConfig(PRMConfig):
     r"""
     Configuration class for [`ERPRMTrainer`], which trains a token-classification PRM on soft (entropy-regularized)
     step labels.
 
-    It extends [`PRMConfig`] (TRL's where the installed TRL has it, our drop-in otherwise) with the fields below; all
-    of [`PRMConfig`]'s fields and defaults apply unchanged.
+    It extends [`PRMConfig`] (trl-erprm's drop-in for TRL 1.13's) with the fields below; all of [`PRMConfig`]'s fields
+    and defaults apply unchanged.
 
     Parameters:
         eta (`float`, *optional*, defaults to `1.0`):
@@ -30,9 +31,10 @@ class ERPRMConfig(PRMConfig):
             Threshold that turns soft labels and predicted probabilities into good/bad decisions for the accuracy,
             precision and recall metrics.
         model_init_kwargs (`dict[str, Any]` or `None`, *optional*, defaults to `None`):
-            Keyword arguments for `AutoModelForTokenClassification.from_pretrained` when the trainer is given a model
-            id or path instead of a model (e.g. `{"dtype": "bfloat16"}`). `num_labels=2` and `use_safetensors=True`
-            are set for you; `trust_remote_code` stays off unless you set it here.
+            Keyword arguments for [`~trl_erprm.models.load_model`] (`AutoModelForTokenClassification.from_pretrained`)
+            when the trainer is given a model id or path instead of a model (e.g. `{"dtype": "bfloat16"}`; the dtype
+            defaults to the checkpoint's). `num_labels=2` and safetensors-only loading are set for you;
+            `trust_remote_code` stays off unless you set it here.
     """
 
     eta: float = field(
@@ -56,8 +58,6 @@ class ERPRMConfig(PRMConfig):
 
     def __post_init__(self):
         self.eta = resolve_eta(self.eta)
-        if isinstance(self.model_init_kwargs, str):
-            self.model_init_kwargs = json.loads(self.model_init_kwargs)
         if not 0.0 < self.label_threshold < 1.0:
             raise ValueError(f"label_threshold must be in (0, 1), got {self.label_threshold}.")
         super().__post_init__()

@@ -8,32 +8,33 @@ metrics that mean something for soft labels, and can compute labels at batch tim
 
 from __future__ import annotations
 
-import math
 import textwrap
-from collections.abc import Callable, Sequence
-from numbers import Real
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 from datasets import Dataset, features
-from transformers import (
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    DataCollator,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    TrainerCallback,
-)
+from transformers import DataCollator, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import logging
 
+from ._compat import KeepColumnsMixin
+from .data.stepwise import (
+    ERPRMDataCollator,
+    map_stepwise_dataset,
+    tokenize_stepwise_row,
+    tokenize_train_and_eval,
+    validate_stepwise_dataset,
+)
 from .erprm_config import ERPRMConfig
-from .functional import er_label, resolve_eta, soft_cross_entropy
-from .prm import PRMTrainer, tokenize_stepwise_row
-from .prm.prm_trainer import map_stepwise_dataset, tokenize_train_and_eval
+from .functional import er_label, soft_cross_entropy
+from .models import load_model, load_tokenizer
+from .prm.prm_trainer import PRMTrainer
 
+
+__all__ = ["ERPRMTrainer", "compute_soft_metrics"]
 
 logger = logging.get_logger(__name__)
 
@@ -50,201 +51,6 @@ ER_PRM_PAPER = {
             primaryClass = {cs.LG}
         }"""),
 }
-
-
-def _is_blank(text: str, separator: str) -> bool:
-    stripped = text.strip()
-    if separator.strip():
-        stripped = stripped.replace(separator.strip(), "").strip()
-    return not stripped
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (Real, np.number)) and not isinstance(value, complex)
-
-
-def validate_stepwise_dataset(
-    dataset: Dataset, step_separator: str, outcomes_column: str = "step_outcomes", name: str = "train"
-) -> None:
-    """Check every stepwise-supervision row before training, raising a `ValueError` that names the row, the field and
-    the fix.
-
-    A valid row has a non-empty string `prompt`, a non-empty list of non-blank string steps in `completions`, and
-    `labels` (one real number in [0, 1] per step) and/or `outcomes_column` (one non-empty list of finite rewards per
-    step). A prompt or step made only of whitespace and the separator is rejected.
-
-    Args:
-        dataset ([`~datasets.Dataset`]):
-            The rows to check.
-        step_separator (`str`):
-            The step separator of the trainer's config.
-        outcomes_column (`str`, *optional*, defaults to `"step_outcomes"`):
-            Name of the rollout-outcomes column.
-        name (`str`, *optional*, defaults to `"train"`):
-            Name of the dataset in error messages.
-    """
-    columns = dataset.column_names
-    missing = [c for c in ("prompt", "completions") if c not in columns]
-    if missing:
-        raise ValueError(
-            f"The {name} dataset has no {missing} column(s) (columns: {columns}). ERPRMTrainer needs stepwise "
-            "supervision rows: {'prompt': str, 'completions': [step, ...], 'labels': [float in [0, 1] per step]}."
-        )
-    has_labels, has_outcomes = "labels" in columns, outcomes_column in columns
-    if not (has_labels or has_outcomes):
-        raise ValueError(
-            f"The {name} dataset has neither a 'labels' nor a '{outcomes_column}' column: give one label in [0, 1] per "
-            "step, or the rollout outcomes of each step (see ERPRMLabeler)."
-        )
-    wanted = (
-        ["prompt", "completions"] + (["labels"] if has_labels else []) + ([outcomes_column] if has_outcomes else [])
-    )
-    for i, row in enumerate(dataset.select_columns(wanted)):
-        where = f"{name} dataset row {i}"
-        prompt, steps = row["prompt"], row["completions"]
-        if not isinstance(prompt, str):
-            raise ValueError(f"{where}: field 'prompt' must be a string, got {type(prompt).__name__}.")
-        if _is_blank(prompt, step_separator):
-            raise ValueError(f"{where}: field 'prompt' is empty or only the step separator; give the problem text.")
-        if not isinstance(steps, list) or not steps:
-            raise ValueError(f"{where}: field 'completions' must be a non-empty list of steps, got {steps!r}.")
-        for k, step in enumerate(steps):
-            if not isinstance(step, str):
-                raise ValueError(
-                    f"{where}: field 'completions' step {k} is a {type(step).__name__}, not a string. Steps are text."
-                )
-            if _is_blank(step, step_separator):
-                raise ValueError(
-                    f"{where}: field 'completions' step {k} is empty or only the separator {step_separator!r}; drop "
-                    "it or merge it into its neighbour (the trainer appends the separator to each step itself)."
-                )
-        if has_labels:
-            labels = row["labels"]
-            if not isinstance(labels, list) or len(labels) != len(steps):
-                count = len(labels) if isinstance(labels, list) else labels
-                raise ValueError(
-                    f"{where}: field 'labels' has {count} entries but 'completions' has {len(steps)} steps; give "
-                    "exactly one label per step."
-                )
-            for k, label in enumerate(labels):
-                if not _is_real(label) or math.isnan(float(label)) or not 0.0 <= float(label) <= 1.0:
-                    raise ValueError(
-                        f"{where}: field 'labels' step {k} is {label!r}; labels must be real numbers in [0, 1] "
-                        "(1 = the step is good). Rescale the labels or fix the row."
-                    )
-        if has_outcomes:
-            outcomes = row[outcomes_column]
-            if not isinstance(outcomes, list) or len(outcomes) != len(steps):
-                raise ValueError(
-                    f"{where}: field '{outcomes_column}' must hold one list of rollout rewards per step "
-                    f"({len(steps)} steps), got {outcomes!r:.80}."
-                )
-            for k, rewards in enumerate(outcomes):
-                if not isinstance(rewards, list) or not rewards:
-                    raise ValueError(
-                        f"{where}: field '{outcomes_column}' step {k} has no rollout reward; every step needs at least "
-                        "one graded rollout (re-run the labeler for this row or drop it)."
-                    )
-                if any(not _is_real(r) or not math.isfinite(float(r)) for r in rewards):
-                    raise ValueError(
-                        f"{where}: field '{outcomes_column}' step {k} holds a non-finite or non-numeric reward "
-                        f"{rewards!r:.80}; grade every rollout to a real number."
-                    )
-
-
-def _er_labels_for_rows(outcomes_per_row: Sequence[Sequence[Sequence[float]]], eta: float) -> list[list[float]]:
-    """One `er_label` call for all steps of all rows, padding ragged rollout counts with a mask."""
-    steps = [rewards for row in outcomes_per_row for rewards in row]
-    if not steps:
-        return [[] for _ in outcomes_per_row]
-    width = max(len(rewards) for rewards in steps)
-    values = torch.zeros(len(steps), width, dtype=torch.float64)
-    mask = torch.zeros(len(steps), width, dtype=torch.bool)
-    for i, rewards in enumerate(steps):
-        values[i, : len(rewards)] = torch.as_tensor(rewards, dtype=torch.float64)
-        mask[i, : len(rewards)] = True
-    flat = er_label(values, eta, mask=mask).tolist()
-    out, start = [], 0
-    for row in outcomes_per_row:
-        out.append(flat[start : start + len(row)])
-        start += len(row)
-    return out
-
-
-class ERPRMDataCollator:
-    """Pads tokenized stepwise rows into float-label batches, optionally computing the labels at batch time.
-
-    Labels stay floats (padding `-100`), so soft labels reach the loss unchanged. When `eta` is set, the labels of
-    every row are recomputed as `er_label(step_outcomes, eta)` from its stored rollout outcomes: the same rollouts
-    can then be trained with soft (`eta=0`), hard (`eta=inf`) or any ER label without new rollouts.
-
-    Args:
-        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
-            Tokenizer whose `pad_token_id` pads `input_ids` (on the right).
-        eta (`float`, `str` or `None`, *optional*, defaults to `None`):
-            Entropy-regularization coefficient (or `"soft"` / `"hard"` / `"pessimistic"`); `None` keeps the
-            tokenized labels.
-        outcomes_column (`str`, *optional*, defaults to `"step_outcomes"`):
-            Feature holding the rollout rewards of each labelled step, in the order of the labelled positions.
-        pad_to_multiple_of (`int` or `None`, *optional*, defaults to `None`):
-            Pad the sequence length to a multiple of this value.
-    """
-
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        eta: float | str | None = None,
-        outcomes_column: str = "step_outcomes",
-        pad_to_multiple_of: int | None = None,
-    ):
-        if tokenizer.pad_token_id is None:
-            raise ValueError("The tokenizer has no pad token: set `tokenizer.pad_token = tokenizer.eos_token`.")
-        self.tokenizer = tokenizer
-        self.eta = None if eta is None else resolve_eta(eta)
-        self.outcomes_column = outcomes_column
-        self.pad_to_multiple_of = pad_to_multiple_of
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Collate a list of tokenized rows (`input_ids`, `labels`, optionally the outcomes column) into tensors.
-
-        Args:
-            features (`list[dict[str, Any]]`):
-                Tokenized rows.
-
-        Returns:
-            `dict[str, torch.Tensor]`: `input_ids` and `attention_mask` `(batch, seq_len)` long, `labels`
-            `(batch, seq_len)` float32 with `-100` where unlabelled.
-        """
-        labels = [list(map(float, f["labels"])) for f in features]
-        if self.eta is not None:
-            if any(self.outcomes_column not in f for f in features):
-                raise ValueError(
-                    f"ERPRMDataCollator(eta={self.eta}) needs the '{self.outcomes_column}' feature in every row; keep "
-                    "that column in the dataset (and `remove_unused_columns` cannot drop it under ERPRMTrainer)."
-                )
-            new = _er_labels_for_rows([f[self.outcomes_column] for f in features], self.eta)
-            for i, (row_labels, row_new) in enumerate(zip(labels, new)):
-                positions = [t for t, v in enumerate(row_labels) if v != -100]
-                if len(positions) != len(row_new):
-                    raise ValueError(
-                        f"Batch row {i} has {len(positions)} labelled positions but {len(row_new)} outcome lists; "
-                        "the dataset was not tokenized by ERPRMTrainer (re-tokenize it from stepwise rows)."
-                    )
-                for t, v in zip(positions, row_new):
-                    row_labels[t] = v
-        length = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = len(features)
-        input_ids = torch.full((batch, length), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((batch, length), dtype=torch.long)
-        label_tensor = torch.full((batch, length), -100.0, dtype=torch.float32)
-        for i, (f, row_labels) in enumerate(zip(features, labels)):
-            n = len(f["input_ids"])
-            input_ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
-            attention_mask[i, :n] = 1
-            label_tensor[i, :n] = torch.as_tensor(row_labels, dtype=torch.float32)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_tensor}
 
 
 def compute_soft_metrics(eval_pred: EvalPrediction, threshold: float = 0.5) -> dict[str, float]:
@@ -296,11 +102,10 @@ def compute_soft_metrics(eval_pred: EvalPrediction, threshold: float = 0.5) -> d
     }
 
 
-class ERPRMTrainer(PRMTrainer):
+class ERPRMTrainer(KeepColumnsMixin, PRMTrainer):
     """Trainer for ER-PRM: a token-classification PRM trained on soft step labels.
 
-    A subclass of TRL's `PRMTrainer` wherever TRL has one (TRL <= 1.13) and of trl-erprm's drop-in otherwise, with the
-    same arguments. Datasets use TRL's stepwise-supervision format, with float labels in [0, 1]
+    A subclass of [`PRMTrainer`] (trl-erprm's drop-in for TRL 1.13's, on every TRL version), with the same arguments. Datasets use TRL's stepwise-supervision format, with float labels in [0, 1]
     (`{"prompt": str, "completions": [step, ...], "labels": [0.7, 0.25, ...]}`), or with the rollout outcomes of each
     step (`step_outcomes`, from [`ERPRMLabeler`]) and `args.eta`, in which case labels are computed at batch time.
     Each step's label sits on the last token of step + `step_separator`; the loss is the two-class soft
@@ -309,8 +114,8 @@ class ERPRMTrainer(PRMTrainer):
     Args:
         model ([`~transformers.PreTrainedModel`], `torch.nn.Module` or `str`):
             The model to train (an `AutoModelForTokenClassification` with 2 labels), or a path / Hub id loaded with
-            `AutoModelForTokenClassification.from_pretrained(model, num_labels=2, use_safetensors=True,
-            **args.model_init_kwargs)`.
+            [`~trl_erprm.models.load_model`]`(model, "token_classification", num_labels=2, **args.model_init_kwargs)`
+            (safetensors only, no remote code unless set there).
         args ([`ERPRMConfig`], *optional*):
             Training arguments. Defaults to `ERPRMConfig(output_dir="erprm-output")`.
         data_collator ([`~transformers.DataCollator`], *optional*):
@@ -362,13 +167,10 @@ class ERPRMTrainer(PRMTrainer):
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
         if isinstance(model, str):
-            init_kwargs = {"trust_remote_code": False, **(args.model_init_kwargs or {})}
-            init_kwargs.update(num_labels=2, use_safetensors=True)
+            init_kwargs = {**(args.model_init_kwargs or {}), "num_labels": 2}
             if processing_class is None:
-                processing_class = AutoTokenizer.from_pretrained(
-                    model, trust_remote_code=init_kwargs["trust_remote_code"]
-                )
-            model = AutoModelForTokenClassification.from_pretrained(model, **init_kwargs)
+                processing_class = load_tokenizer(model, trust_remote_code=init_kwargs.get("trust_remote_code", False))
+            model = load_model(model, "token_classification", **init_kwargs)
         if processing_class is None:
             raise ValueError("ERPRMTrainer needs `processing_class` (the tokenizer) to tokenize the datasets.")
         if processing_class.pad_token is None:
@@ -484,10 +286,13 @@ class ERPRMTrainer(PRMTrainer):
             else None,
         )
 
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        if self.args.outcomes_column not in self._signature_columns:
-            self._signature_columns.append(self.args.outcomes_column)
+    def keep_columns(self) -> list[str]:
+        """The rollout-outcomes column, which the collator reads to compute labels at batch time.
+
+        Returns:
+            `list[str]`: `[args.outcomes_column]`.
+        """
+        return [self.args.outcomes_column]
 
     def compute_loss(
         self,

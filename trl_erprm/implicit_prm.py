@@ -11,7 +11,6 @@ exposes the per-token and per-step values for PRIME and Best-of-N evaluation. Al
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import os
 import warnings
@@ -21,8 +20,9 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .data.outcome import completion_text, encode_prompt, truncate_to_max_length
 from .functional import (
     STEP_AGGREGATIONS,
     aggregate_steps,
@@ -32,231 +32,11 @@ from .functional import (
     implicit_token_rewards,
     selective_log_softmax,
 )
+from .models import load_model, load_tokenizer
+from .steps import StepFormat, step_end_token_indices
 
 
-__all__ = [
-    "ImplicitPRM",
-    "completion_logps",
-    "completion_text",
-    "encode_prompt",
-    "load_causal_lm",
-    "step_end_char_indices",
-    "step_end_token_indices",
-    "truncate_to_max_length",
-]
-
-#: Message roles whose content a conversational completion may carry.
-_COMPLETION_ROLES = ("assistant",)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Small pure helpers (text and token bookkeeping)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def step_end_char_indices(text: str, separator: str | None = "\n\n") -> list[int]:
-    """Index of the last character of each step of `text`.
-
-    Steps are the pieces between occurrences of `separator`; the separator belongs to the step it ends. A run of
-    consecutive separators counts as one boundary, and a separator at the very start of the text (an empty step) is
-    merged into the step that follows, so every step holds at least one non-separator character (except a text made of
-    separators only, which is one step). The last step ends at the last character of the text.
-
-    Args:
-        text (`str`):
-            The completion text.
-        separator (`str` or `None`, *optional*, defaults to `"\\n\\n"`):
-            The step separator. `None` makes the whole text one step.
-
-    Returns:
-        `list[int]`: Increasing character indices, one per step; empty for an empty text.
-
-    Example:
-        `step_end_char_indices("a.\\n\\nb", "\\n\\n")` is `[3, 4]`: step 1 is `"a.\\n\\n"`, step 2 is `"b"`.
-    """
-    if not text:
-        return []
-    if separator is None:
-        return [len(text) - 1]
-    if not separator:
-        raise ValueError("step_separator must be a non-empty string (or None for one step per completion).")
-    ends: list[int] = []
-    content_start = 0
-    position = text.find(separator)
-    while position != -1:
-        end = position + len(separator)
-        while text.startswith(separator, end):  # a run of separators is one boundary
-            end += len(separator)
-        if position > content_start:  # a step with content before the separator
-            ends.append(end - 1)
-        content_start = end
-        position = text.find(separator, end)
-    if content_start < len(text) or not ends:
-        ends.append(len(text) - 1)
-    return ends
-
-
-def step_end_token_indices(offsets: Sequence[tuple[int, int]], char_ends: Sequence[int]) -> list[int]:
-    """Map the last character of each step to the token that holds it.
-
-    A step ends at the LAST token whose character span starts at or before the step's last character. This is right
-    when a token merges the separator with its neighbours (a `".\\n\\n"` token ends the step it closes; a
-    `"\\n\\nThe"` token, which also starts the next step, is counted as the end of the step it closes) and when a
-    character is split over several byte tokens (the step ends at the last of them). Steps that fall on the same token
-    are merged, and the last step always ends at the last token.
-
-    Args:
-        offsets (sequence of `(int, int)`):
-            Character span `(start, end)` of each completion token, as returned by a fast tokenizer with
-            `return_offsets_mapping=True` and `add_special_tokens=False`.
-        char_ends (sequence of `int`):
-            Last character of each step (see [`step_end_char_indices`]).
-
-    Returns:
-        `list[int]`: Increasing token indices, one per step; empty when there are no tokens.
-    """
-    if len(offsets) == 0:
-        return []
-    starts = [start for start, _ in offsets]
-    token_ends = sorted({max(0, bisect.bisect_right(starts, c) - 1) for c in char_ends})
-    token_ends = [t for t in token_ends if t < len(offsets) - 1]
-    return [*token_ends, len(offsets) - 1]
-
-
-def truncate_to_max_length(
-    prompt_ids: list[int], completion_ids: list[int], max_length: int | None
-) -> tuple[list[int], list[int], bool]:
-    """Fit `prompt_ids + completion_ids` into `max_length` tokens.
-
-    The prompt is cut from the left first (its most recent tokens are kept); if the completion alone does not fit next
-    to one prompt token, the completion is cut at the end to `max_length - 1` tokens (the first completion token needs
-    at least one token of context).
-
-    Args:
-        prompt_ids (`list[int]`):
-            Prompt token ids (at least one).
-        completion_ids (`list[int]`):
-            Completion token ids.
-        max_length (`int` or `None`):
-            Maximum number of tokens, at least 2; `None` keeps everything.
-
-    Returns:
-        `tuple[list[int], list[int], bool]`: The kept prompt ids, the kept completion ids, and whether anything was cut.
-    """
-    if max_length is None or len(prompt_ids) + len(completion_ids) <= max_length:
-        return prompt_ids, completion_ids, False
-    if max_length < 2:
-        raise ValueError(
-            f"max_length must be at least 2 (one prompt token and one completion token), got {max_length}."
-        )
-    completion_ids = completion_ids[: max_length - 1]
-    prompt_ids = prompt_ids[-(max_length - len(completion_ids)) :]
-    return prompt_ids, completion_ids, True
-
-
-def _is_conversational(value: Any) -> bool:
-    return isinstance(value, list) and (len(value) == 0 or isinstance(value[0], dict))
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], index: int = 0) -> list[int]:
-    """Tokenize a prompt the way [`~trl.GRPOTrainer`] does.
-
-    A standard prompt (`str`) is tokenized with the tokenizer's special tokens (a BOS where the tokenizer adds one). A
-    conversational prompt (list of messages) is rendered with the chat template and `add_generation_prompt=True`, then
-    tokenized without adding special tokens (the template writes its own).
-
-    Args:
-        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
-            Tokenizer of the PRM.
-        prompt (`str` or `list[dict]`):
-            The prompt.
-        index (`int`, *optional*, defaults to `0`):
-            Row index, quoted in errors.
-
-    Returns:
-        `list[int]`: The prompt token ids (never empty).
-    """
-    if _is_conversational(prompt):
-        if tokenizer.chat_template is None:
-            raise ValueError(
-                f"Row {index}: field 'prompt' is a list of messages but the tokenizer has no chat template. Set "
-                "`tokenizer.chat_template` or pass the prompt as a string."
-            )
-        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    elif isinstance(prompt, str):
-        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    else:
-        raise ValueError(
-            f"Row {index}: field 'prompt' must be a string or a list of messages, got {type(prompt).__name__}."
-        )
-    if len(ids) == 0:
-        raise ValueError(
-            f"Row {index}: field 'prompt' tokenizes to no token, so the first completion token has no context. Pass a "
-            "non-empty prompt."
-        )
-    return list(ids)
-
-
-def completion_text(completion: str | list[dict], index: int = 0) -> str:
-    """The text of a completion: the string itself, or the content of a conversational completion's one message.
-
-    Args:
-        completion (`str` or `list[dict]`):
-            A standard completion or a conversational one (a list holding one assistant message).
-        index (`int`, *optional*, defaults to `0`):
-            Row index, quoted in errors.
-
-    Returns:
-        `str`: The completion text.
-    """
-    if isinstance(completion, str):
-        return completion
-    if _is_conversational(completion):
-        if len(completion) != 1 or completion[0].get("role") not in _COMPLETION_ROLES:
-            raise ValueError(
-                f"Row {index}: field 'completion' must hold exactly one assistant message to be scored, got "
-                f"{len(completion)} message(s) with roles {[m.get('role') for m in completion]}. Multi-turn completions "
-                "(tool calls) are not supported: score the final assistant message as a string completion."
-            )
-        content = completion[0].get("content")
-        if not isinstance(content, str):
-            raise ValueError(
-                f"Row {index}: field 'completion' has a message content of type {type(content).__name__}; only text "
-                "content (a string) can be scored."
-            )
-        return content
-    raise ValueError(
-        f"Row {index}: field 'completion' must be a string or a list of messages, got {type(completion).__name__}."
-    )
-
-
-def load_causal_lm(name_or_path: str | os.PathLike, model_init_kwargs: dict | None = None) -> PreTrainedModel:
-    """Load a causal LM (or a PEFT adapter folder on top of its base) from safetensors weights.
-
-    Args:
-        name_or_path (`str` or `os.PathLike`):
-            Model id or folder. A folder with an `adapter_config.json` is loaded as a PEFT model.
-        model_init_kwargs (`dict`, *optional*):
-            Keyword arguments for `from_pretrained` (`dtype` may be a string such as `"bfloat16"`). `trust_remote_code`
-            is `False` unless given here; `use_safetensors` is always `True`.
-
-    Returns:
-        [`~transformers.PreTrainedModel`] or `peft.PeftModel`: The model.
-    """
-    kwargs = dict(model_init_kwargs or {})
-    dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    kwargs.setdefault("trust_remote_code", False)
-    kwargs["use_safetensors"] = True
-    if os.path.isfile(os.path.join(str(name_or_path), "adapter_config.json")):
-        from peft import AutoPeftModelForCausalLM
-
-        return AutoPeftModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
-    return AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+__all__ = ["ImplicitPRM", "completion_logps"]
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -275,7 +55,7 @@ def _name_or_path(model: torch.nn.Module) -> str | None:
     if _is_peft_model(model):
         model = model.get_base_model()
     config = getattr(model, "config", None)
-    return getattr(config, "_name_or_path", None) or None
+    return getattr(config, "name_or_path", None) or None
 
 
 @contextlib.contextmanager
@@ -348,6 +128,9 @@ class ImplicitPRM:
 
     This is a plain callable object, not an `nn.Module`: GRPOTrainer would treat a module as a sequence classifier.
 
+    Steps are those of [`~trl_erprm.steps.StepFormat`]`(step_separator)`: a completion text is cut at the separator
+    ([`~trl_erprm.steps.StepFormat.char_ends`]); [`score_steps`] also takes completions already split into steps.
+
     Defined behaviour on unusual input:
         - A completion without separator is one step.
         - An empty completion has no step and scores `0.0` (the empty sum of token rewards), never NaN.
@@ -386,6 +169,7 @@ class ImplicitPRM:
         ref_model: The separate reference model, or `None` (adapter-disabled or reference-free).
         tokenizer: The tokenizer.
         beta, step_separator, aggregation: As above.
+        step_format ([`~trl_erprm.steps.StepFormat`] or `None`): The step format of `step_separator`.
         has_reference (`bool`): Whether rewards are log-ratios against a reference (separate or adapter-disabled).
         reference_is_adapter (`bool`): Whether the reference is `model` with its adapter disabled.
 
@@ -423,7 +207,7 @@ class ImplicitPRM:
         model_path = None
         if isinstance(model, (str, os.PathLike)):
             model_path = str(model)
-            model = load_causal_lm(model_path, model_init_kwargs)
+            model = load_model(model_path, "causal_lm", **(model_init_kwargs or {}))
             model.eval()
         self.model = model
 
@@ -437,7 +221,7 @@ class ImplicitPRM:
                 )
             self.ref_model = None
         elif isinstance(ref_model, (str, os.PathLike)):
-            self.ref_model = load_causal_lm(ref_model, model_init_kwargs)
+            self.ref_model = load_model(ref_model, "causal_lm", **(model_init_kwargs or {}))
             if not (model_init_kwargs or {}).get("device_map"):
                 self.ref_model.to(_model_device(model))
             self.ref_model.eval().requires_grad_(False)
@@ -452,8 +236,10 @@ class ImplicitPRM:
             ):
                 source = _name_or_path(model)  # e.g. an adapter folder saved without its tokenizer: the base's
             if source is None:
-                raise ValueError("Pass `tokenizer`: it cannot be found from the model (no `config._name_or_path`).")
-            tokenizer = AutoTokenizer.from_pretrained(source)
+                raise ValueError("Pass `tokenizer`: it cannot be found from the model (no `config.name_or_path`).")
+            tokenizer = load_tokenizer(
+                source, trust_remote_code=(model_init_kwargs or {}).get("trust_remote_code", False)
+            )
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(
                 "ImplicitPRM needs a fast tokenizer (it maps step separators to tokens with offset mappings). Load it "
@@ -462,6 +248,7 @@ class ImplicitPRM:
         self.tokenizer = tokenizer
         self.beta = float(beta)
         self.step_separator = step_separator
+        self.step_format = StepFormat(step_separator) if step_separator is not None else None
         self.aggregation = aggregation
         self.batch_size = int(batch_size)
         self.max_length = max_length if max_length is not None else self._default_max_length()
@@ -572,18 +359,30 @@ class ImplicitPRM:
     # Text API
     # ----------------------------------------------------------------------------------------------------------------
 
+    def _completion_steps(self, completion, index: int) -> tuple[str, list[int]]:
+        """The text of a completion and the last character of each of its steps."""
+        if isinstance(completion, (list, tuple)) and completion and all(isinstance(s, str) for s in completion):
+            if self.step_format is None:
+                raise ValueError(
+                    f"Row {index}: the completion is a list of steps, which ImplicitPRM joins with step_separator; "
+                    "step_separator is None. Pass the completion as one string, or set step_separator."
+                )
+            return self.step_format.join_with_ends(completion)
+        text = completion_text(completion, index)
+        if self.step_format is None:
+            return text, [len(text) - 1] if text else []
+        return text, self.step_format.char_ends(text)
+
     def _encode(self, prompts: Sequence, completions: Sequence) -> list[_Encoded]:
         if len(prompts) != len(completions):
             raise ValueError(f"Got {len(prompts)} prompts but {len(completions)} completions; pass one prompt each.")
         encoded, truncated = [], 0
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             prompt_ids = encode_prompt(self.tokenizer, prompt, i)
-            text = completion_text(completion, i)
+            text, char_ends = self._completion_steps(completion, i)
             tokens = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             completion_ids = list(tokens["input_ids"])
-            step_ends = step_end_token_indices(
-                tokens["offset_mapping"], step_end_char_indices(text, self.step_separator)
-            )
+            step_ends = step_end_token_indices(tokens["offset_mapping"], char_ends)
             prompt_ids, kept_ids, cut = truncate_to_max_length(prompt_ids, completion_ids, self.max_length)
             if len(kept_ids) < len(completion_ids):
                 step_ends = [e for e in step_ends if e < len(kept_ids) - 1] + [len(kept_ids) - 1]
@@ -683,12 +482,15 @@ class ImplicitPRM:
         Args:
             prompts (`list[str]` or `list[list[dict]]`):
                 One prompt per completion.
-            completions (`list[str]` or `list[list[dict]]`):
-                The completions.
+            completions (`list[str]`, `list[list[dict]]` or `list[list[str]]`):
+                The completions: texts (split into steps at `step_separator`), conversational completions, or lists
+                of steps (joined with `step_separator`; each given step stays one step even if it contains the
+                separator, see [`~trl_erprm.steps.StepFormat.join_with_ends`]).
 
         Returns:
             `list[dict]`: Per completion, `{"step_rewards": list[float], "q_at_step_ends": list[float], "score":
-            float}`; the lists have one entry per step (none for an empty completion, whose score is `0.0`).
+            float}`; the lists have one entry per step (none for an empty completion, whose score is `0.0`). Steps
+            whose ends fall on the same token are merged, and steps past `max_length` are dropped.
         """
         results = self._score_encoded(self._encode(prompts, completions), progress=len(prompts) > 4 * self.batch_size)
         return [

@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl.trainer.base_config import _BaseConfig
+from ._compat import BaseConfig, add_dict_fields, adopt_activation_checkpointing
 
 
 #: Losses of [`ImplicitPRMTrainer`] by name.
 IMPLICIT_PRM_LOSS_TYPES = ("ce", "dpo")
 
 
+@add_dict_fields("model_init_kwargs")
 @dataclass
-class ImplicitPRMConfig(_BaseConfig):
+class ImplicitPRMConfig(BaseConfig):
     r"""
     Configuration class for [`ImplicitPRMTrainer`], which trains an implicit process reward model (arXiv:2412.01981)
     from outcome-labelled completions.
@@ -25,9 +26,10 @@ class ImplicitPRMConfig(_BaseConfig):
         > Parameters that control the model
 
         model_init_kwargs (`dict[str, Any]` or `str`, *optional*):
-            Keyword arguments for [`~transformers.AutoModelForCausalLM.from_pretrained`], used when the `model` (or
-            `ref_model`) argument of the trainer is a string. `dtype` may be a string such as `"bfloat16"`;
-            `trust_remote_code` is `False` unless set here. Weights are always loaded from safetensors.
+            Keyword arguments for [`~trl_erprm.models.load_model`] (`AutoModelForCausalLM.from_pretrained`), used when
+            the `model` (or `ref_model`) argument of the trainer is a string. `dtype` may be a string such as
+            `"bfloat16"` (default: the checkpoint's dtype); `trust_remote_code` is `False` unless set here. Weights are
+            always loaded from safetensors.
         disable_dropout (`bool`, *optional*, defaults to `True`):
             Whether to disable dropout in the model and the reference model.
 
@@ -62,8 +64,6 @@ class ImplicitPRMConfig(_BaseConfig):
         remove_unused_columns (`bool`, *optional*, defaults to `False`):
             Overrides the default of [`~transformers.TrainingArguments`]: the trainer builds its own columns.
     """
-
-    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
 
     learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
     model_init_kwargs: dict[str, Any] | str | None = field(
@@ -112,4 +112,5 @@ class ImplicitPRMConfig(_BaseConfig):
             raise ValueError(f"max_length must be at least 2 (or None), got {self.max_length}.")
         if self.max_pairs_per_prompt is not None and self.max_pairs_per_prompt < 1:
             raise ValueError(f"max_pairs_per_prompt must be >= 1 (or None), got {self.max_pairs_per_prompt}.")
+        adopt_activation_checkpointing(self)  # TRL's default gradient_checkpointing=True must not warn
         super().__post_init__()

@@ -32,7 +32,7 @@ import torch
 
 from ..functional import STEP_AGGREGATIONS, aggregate_steps
 from ..labeling.grading import MathVerifyGrader, extract_final_answer
-from ..labeling.steps import STEP_SPLITTERS, split_steps
+from ..steps import STEP_SPLITTERS, StepFormat, split_steps
 from .jobs import open_run_dir, run_writer
 from .metrics import default_n_values, normalize_answer, selection_curves
 from .report import format_table, plot_curves, write_reports
@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 BON_FORMAT = "trl-erprm-bon/1"
 BON_REPORTS = ("results.json", "table.md", "accuracy_vs_n.png")
+#: How a candidate given as a list of steps is written as text (for answer extraction and grading).
+_CANDIDATE_TEXT = StepFormat("\n\n")
 
 
 @dataclass
@@ -100,8 +102,9 @@ class BestOfNArguments:
         prm_type (`str`, *optional*, defaults to `"auto"`):
             `"auto"`, `"token_classification"`, `"lm_head"` or `"implicit"`.
         prm_step_separator (`str`, *optional*, defaults to `"\\n"`):
-            Token-classification: the separator the PRM was trained with; LM head: text between a tag and the next
-            step; implicit: text ending a step.
+            The text that ends a step for the PRM ([`~trl_erprm.steps.StepFormat`]), as it was trained: appended to
+            every step (token classification), after every tag (LM head), joining the steps (implicit). The steps
+            themselves come from `split_method` and stay the same steps for every PRM type.
         step_tag (`str`, *optional*, defaults to `" ки"`):
             LM-head PRMs: the step tag (mind `" ки"` vs `"ки"`).
         good_token (`str`, *optional*, defaults to `"+"`):
@@ -257,7 +260,7 @@ def _candidate_steps(candidate, split_method: str) -> tuple[str | None, list[str
         return candidate, split_steps(candidate, split_method)
     if isinstance(candidate, (list, tuple)) and all(isinstance(s, str) for s in candidate):
         steps = [s for s in candidate if s.strip()]
-        return "\n\n".join(candidate), steps
+        return _CANDIDATE_TEXT.join(candidate), steps
     return None, []
 
 

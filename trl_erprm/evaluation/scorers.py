@@ -9,12 +9,14 @@ are not scored); callers count that.
   the tokenizer has one, the prompt, then each step tokenized on its own followed by the separator ids); the score of
   a step is `softmax(logits)[1]` at the last token of step + separator.
 - [`LMHeadScorer`]: a causal LM that reads two candidate tokens at a step tag (Math-Shepherd, ER-PRM, RLHFlow style).
-  The text is `prompt + prompt_separator + step_1 + step_tag + step_separator + step_2 + step_tag ...`, tokenized in
-  one piece; the tag of each step is found through the offset mapping (so a tag that merges with its neighbours is
-  still found), and the score is `softmax([l_good, l_bad])[0]` there
-  ([`~trl_erprm.functional.two_token_step_scores`]).
-- [`ImplicitPRMScorer`]: an [`~trl_erprm.ImplicitPRM`]; steps are joined with its `step_separator` and scored with
-  `score_steps` (`q` at step ends by default, or the step rewards).
+  The text is `prompt + prompt_separator + StepFormat(step_separator, tag=step_tag).join(steps)` (`step_1 + step_tag +
+  step_separator + step_2 + step_tag ...`), tokenized in one piece; the tag of each step is found through the offset
+  mapping ([`~trl_erprm.steps.locate_chars`], so a tag that merges with its neighbours is still found), and the score
+  is `softmax([l_good, l_bad])[0]` there ([`~trl_erprm.functional.two_token_step_scores`]).
+- [`ImplicitPRMScorer`]: an [`~trl_erprm.ImplicitPRM`]; the given steps are scored with `score_steps` (`q` at step
+  ends by default, or the step rewards), each given step being one step even if it contains the separator.
+
+Every scorer reads steps through [`~trl_erprm.steps.StepFormat`]: `step_separator` is the text that ends a step.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..data.stepwise import tokenize_stepwise_row
 from ..functional import two_token_step_scores
-from ..prm.prm_trainer import tokenize_stepwise_row
+from ..steps import StepFormat, locate_chars
 
 
 logger = logging.getLogger(__name__)
@@ -153,9 +156,9 @@ class LMHeadScorer:
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
             Its fast tokenizer (offset mappings are needed).
         step_tag (`str`, *optional*, defaults to `" ки"`):
-            Text appended to every step. Mind the leading space: `"ки"` and `" ки"` are different tokens in many
-            tokenizers; use the tag the PRM was trained with. A warning is logged when the token under a tag is not
-            the tag's own token.
+            The tag written after every step ([`~trl_erprm.steps.StepFormat`] `tag`). Mind the leading space: `"ки"`
+            and `" ки"` are different tokens in many tokenizers; use the tag the PRM was trained with. A warning is
+            logged when the token under a tag is not the tag's own token.
         good_token (`str`, *optional*, defaults to `"+"`):
             The candidate meaning "good step"; must be one token.
         bad_token (`str`, *optional*, defaults to `"-"`):
@@ -163,7 +166,7 @@ class LMHeadScorer:
         prompt_separator (`str`, *optional*, defaults to `" "`):
             Text between the prompt and the first step (Math-Shepherd: a space).
         step_separator (`str`, *optional*, defaults to `"\\n"`):
-            Text between a step's tag and the next step.
+            The text that ends a step, after its tag (between a tag and the next step).
         batch_size (`int`, *optional*, defaults to `8`):
             Solutions per forward pass.
         max_length (`int`, *optional*):
@@ -196,6 +199,7 @@ class LMHeadScorer:
         self.tag_token_id = tokenizer.encode(step_tag, add_special_tokens=False)[-1]
         self.prompt_separator = prompt_separator
         self.step_separator = step_separator
+        self.step_format = StepFormat(step_separator, tag=step_tag)
         self.batch_size = batch_size
         self.max_length = max_length
         self.tag_mismatches = 0
@@ -219,24 +223,11 @@ class LMHeadScorer:
             `tuple[list[int], list[int]]`: The input ids and, per scored step in order, the (last) token holding the
             last character of its tag.
         """
-        text, tag_ends = prompt + self.prompt_separator, []
-        for k, step in enumerate(steps):
-            text += step + self.step_tag
-            tag_ends.append(len(text) - 1)
-            if k + 1 < len(steps):
-                text += self.step_separator
-        encoded = self.tokenizer(text, return_offsets_mapping=True)
-        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-        positions, t = [], 0
-        for char in tag_ends:
-            while t < len(offsets) and not (offsets[t][0] <= char < offsets[t][1]):
-                t += 1
-            if t == len(offsets):
-                break
-            # Byte-level tokens can split a character (Cyrillic "и" is two bytes): take the last token holding it.
-            while t + 1 < len(offsets) and offsets[t + 1][0] <= char < offsets[t + 1][1]:
-                t += 1
-            positions.append(t)
+        head = prompt + self.prompt_separator
+        body, tag_ends = self.step_format.join_with_ends(steps)
+        encoded = self.tokenizer(head + body, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        positions = locate_chars(encoded["offset_mapping"], [len(head) + char for char in tag_ends])
         if self.max_length is not None:
             ids = ids[: self.max_length]
             positions = [p for p in positions if p < self.max_length]
@@ -278,8 +269,9 @@ class LMHeadScorer:
 class ImplicitPRMScorer:
     """Per-step values from an [`~trl_erprm.ImplicitPRM`].
 
-    Steps are joined with the PRM's `step_separator` (a step that itself contains the separator therefore counts as
-    several steps) and scored with `ImplicitPRM.score_steps`.
+    The steps are given to `ImplicitPRM.score_steps` as they are: they are joined with the PRM's `step_separator` and
+    each one ends where it was joined (a step that contains the separator stays one step), so the values are those of
+    `ImplicitPRM` on the joined text whenever no step contains the separator.
 
     Args:
         prm ([`~trl_erprm.ImplicitPRM`]):
@@ -318,8 +310,7 @@ class ImplicitPRMScorer:
         keep = [i for i, s in enumerate(steps) if s]
         out: list[list[float]] = [[] for _ in steps]
         if keep:
-            completions = [self.prm.step_separator.join(steps[i]) for i in keep]
-            results = self.prm.score_steps([prompts[i] for i in keep], completions)
+            results = self.prm.score_steps([prompts[i] for i in keep], [list(steps[i]) for i in keep])
             for i, result in zip(keep, results):
                 out[i] = [float(v) for v in result[self.VALUES[self.value]]]
         return out
@@ -349,8 +340,9 @@ def load_scorer(
             One of [`PRM_TYPES`]. `"auto"` picks `"token_classification"` when the config's architecture is a
             `...ForTokenClassification`, else `"lm_head"`; `"implicit"` must be asked for.
         step_separator (`str`, *optional*, defaults to `"\\n"`):
-            Token-classification: the training separator. LM head: text between a tag and the next step. Implicit:
-            the text that ends a step.
+            The text that ends a step ([`~trl_erprm.steps.StepFormat`]), as the PRM was trained with: appended to
+            every step (token classification), written after every tag (LM head), or where a completion is cut into
+            steps (implicit).
         step_tag (`str`, *optional*, defaults to `" ки"`):
             LM head only: the step tag.
         good_token (`str`, *optional*, defaults to `"+"`):
@@ -368,19 +360,19 @@ def load_scorer(
         max_length (`int`, *optional*):
             Maximum tokens per solution.
         dtype (`str`, *optional*, defaults to `"float32"`):
-            Weights dtype (`"float32"`, `"bfloat16"`, `"float16"` or `"auto"`).
+            Weights dtype (`"float32"`, `"bfloat16"`, `"float16"` or `"auto"`, see
+            [`~trl_erprm.models.resolve_dtype`]).
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Whether to run model code from the Hub.
 
     Returns:
         A scorer with `score(prompts, steps)`.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+    from ..models import load_config, load_model, load_tokenizer
 
     if prm_type not in PRM_TYPES:
         raise ValueError(f"prm_type must be one of {PRM_TYPES}, got {prm_type!r}.")
-    kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype), "use_safetensors": True}
-    kwargs["trust_remote_code"] = trust_remote_code
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if prm_type == "implicit":
         from ..implicit_prm import ImplicitPRM
@@ -396,15 +388,15 @@ def load_scorer(
         )
         return ImplicitPRMScorer(prm, value=implicit_value)
     if prm_type == "auto":
-        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        config = load_config(model_name_or_path, trust_remote_code=trust_remote_code)
         architectures = getattr(config, "architectures", None) or []
         is_token_cls = any(a.endswith("ForTokenClassification") for a in architectures)
         prm_type = "token_classification" if is_token_cls else "lm_head"
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model_name_or_path, trust_remote_code=trust_remote_code)
     if prm_type == "token_classification":
-        model = AutoModelForTokenClassification.from_pretrained(model_name_or_path, **kwargs).to(device)
+        model = load_model(model_name_or_path, "token_classification", **kwargs).to(device)
         return TokenClassificationScorer(model, tokenizer, step_separator, batch_size, max_length)
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **kwargs).to(device)
+    model = load_model(model_name_or_path, "causal_lm", **kwargs).to(device)
     return LMHeadScorer(
         model,
         tokenizer,

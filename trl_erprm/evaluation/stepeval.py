@@ -12,7 +12,7 @@ the first step labelled below 0.5 is the first error ([`stepwise_to_processbench
 Bad input, counted in `results.json["bad_input"]`, never stops a run:
 
 - an item without steps (or with a step that is not a string), or whose label is not an index of its steps (nor -1): left out;
-- an item with more scores than steps (an implicit PRM splitting a step that contains its separator): left out;
+- an item with more scores than steps (a scorer that does not keep the given steps): left out;
 - steps past the PRM's `max_length` are not scored: the prediction uses the scored steps (`-1` if none is below);
 - a NaN step score counts as below the threshold.
 

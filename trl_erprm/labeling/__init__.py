@@ -1,38 +1,26 @@
-"""Labeling: ERPRMLabeler (MC-rollout ER labels, resumable jobs), rollout backends, step splitting and dataset
-converters, sandboxed math-verify grading."""
+"""Labeling: ERPRMLabeler (MC-rollout ER labels, resumable jobs), rollout backends, sandboxed math-verify grading.
 
-from .backends import BACKENDS, Sampling, TransformersBackend, VLLMBackend, VLLMServerBackend
-from .grading import GRADE_STATUSES, GradeResult, MathVerifyGrader, extract_final_answer
-from .labeler import ERPRMLabeler
-from .labeler_config import ERPRMLabelerConfig
-from .steps import (
-    STEP_SPLITTERS,
-    convert_prm800k,
-    math_shepherd_to_stepwise,
-    prm800k_to_stepwise,
-    split_by_separator,
-    split_by_step_markers,
-    split_steps,
-)
+Names are imported from their modules on first use, so a grading worker importing `trl_erprm.labeling.grading` loads
+no rollout backend. Step splitting is in [`trl_erprm.steps`], dataset converters in [`trl_erprm.data`].
+"""
+
+import sys
+from typing import TYPE_CHECKING
+
+from .._lazy import LazyModule
 
 
-__all__ = [
-    "BACKENDS",
-    "ERPRMLabeler",
-    "ERPRMLabelerConfig",
-    "Sampling",
-    "TransformersBackend",
-    "VLLMBackend",
-    "VLLMServerBackend",
-    "GRADE_STATUSES",
-    "STEP_SPLITTERS",
-    "GradeResult",
-    "MathVerifyGrader",
-    "convert_prm800k",
-    "extract_final_answer",
-    "math_shepherd_to_stepwise",
-    "prm800k_to_stepwise",
-    "split_by_separator",
-    "split_by_step_markers",
-    "split_steps",
-]
+_import_structure = {
+    "backends": ["BACKENDS", "Sampling", "TransformersBackend", "VLLMBackend", "VLLMServerBackend"],
+    "grading": ["GRADE_STATUSES", "GradeResult", "MathVerifyGrader", "extract_final_answer"],
+    "labeler": ["ERPRMLabeler"],
+    "labeler_config": ["ERPRMLabelerConfig"],
+}
+
+if TYPE_CHECKING:
+    from .backends import BACKENDS, Sampling, TransformersBackend, VLLMBackend, VLLMServerBackend
+    from .grading import GRADE_STATUSES, GradeResult, MathVerifyGrader, extract_final_answer
+    from .labeler import ERPRMLabeler
+    from .labeler_config import ERPRMLabelerConfig
+else:
+    sys.modules[__name__] = LazyModule(__name__, __file__, _import_structure, __spec__, {"__doc__": __doc__})

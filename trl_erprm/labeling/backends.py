@@ -156,7 +156,8 @@ class TransformersBackend:
         device (`str` or `torch.device`, *optional*):
             Where to run; defaults to the model's device, or CUDA when available for a model loaded here.
         dtype (`str`, *optional*, defaults to `"auto"`):
-            `dtype` used to load `model` from a path (`"auto"`, `"float32"`, `"bfloat16"`, `"float16"`).
+            `dtype` used to load `model` from a path (`"auto"`, `"float32"`, `"bfloat16"`, `"float16"`; see
+            [`~trl_erprm.models.load_model`]).
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Whether to run model code from the Hub when loading `model`.
     """
@@ -172,22 +173,17 @@ class TransformersBackend:
         dtype: str = "auto",
         trust_remote_code: bool = False,
     ):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from ..models import load_model, load_tokenizer
 
         if isinstance(model, str | os.PathLike):
             path = str(model)
-            model = AutoModelForCausalLM.from_pretrained(
-                path,
-                dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-                use_safetensors=True,
-                trust_remote_code=trust_remote_code,
-            )
+            model = load_model(path, "causal_lm", dtype=dtype, trust_remote_code=trust_remote_code)
             if device is None:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+                tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, trust_remote_code=trust_remote_code)
+            tokenizer = load_tokenizer(model.name_or_path, trust_remote_code=trust_remote_code)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.model = model.to(device) if device is not None else model
@@ -410,9 +406,9 @@ class VLLMServerBackend:
     ):
         self.client = _vllm_client_class()(base_url=base_url, connection_timeout=connection_timeout)
         if tokenizer is None:
-            from transformers import AutoTokenizer
+            from ..models import load_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(self.client.model)
+            tokenizer = load_tokenizer(self.client.model)
         self.tokenizer = tokenizer
         self.max_concurrent_requests = max_concurrent_requests
 

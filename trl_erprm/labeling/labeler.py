@@ -22,12 +22,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..data.converters import convert_prm800k, gsm8k_to_stepwise
 from ..functional import er_label, resolve_eta
+from ..steps import StepFormat
 from . import store
 from .backends import BACKENDS, Sampling, derive_seed
 from .grading import MathVerifyGrader
 from .labeler_config import ERPRMLabelerConfig
-from .steps import convert_prm800k, gsm8k_to_stepwise
 
 
 logger = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ class ERPRMLabeler:
         self.generation_seconds = 0.0  # time spent in the backend's `generate` by the last `label` call
         self.rollouts_generated = 0
         self.sampling = Sampling(config.temperature, config.top_p, config.max_new_tokens)
+        self.step_format = StepFormat(config.step_separator)
 
     # -- lazily built parts ------------------------------------------------------------------------------------------
 
@@ -236,15 +238,13 @@ class ERPRMLabeler:
     def tokenizer(self):
         """The generator's tokenizer (loaded on first use)."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from ..models import load_tokenizer
 
             source = self.config.model_name_or_path or getattr(self._backend, "tokenizer", None)
             if not isinstance(source, str):
                 self._tokenizer = source
             else:
-                self._tokenizer = AutoTokenizer.from_pretrained(
-                    source, trust_remote_code=self.config.trust_remote_code
-                )
+                self._tokenizer = load_tokenizer(source, trust_remote_code=self.config.trust_remote_code)
         return self._tokenizer
 
     @property
@@ -298,17 +298,17 @@ class ERPRMLabeler:
         Returns:
             `list[int]`: The prompt's token ids (special tokens as the chat template writes them).
         """
-        c, tok = self.config, self.tokenizer
-        prefix_text = c.step_separator.join(prefix)
+        c, tok, steps = self.config, self.tokenizer, self.step_format
+        prefix_text = steps.join(prefix)
         if c.prefix_placement == "plain":
-            return tok(prompt + c.step_separator + prefix_text + c.step_separator)["input_ids"]
+            return tok(steps.join_prefix([prompt, *prefix]))["input_ids"]
         if tok.chat_template is None:
             raise ValueError(
                 f"prefix_placement={c.prefix_placement!r} needs a chat template, and the tokenizer of "
                 f"{c.model_name_or_path} has none: pass prefix_placement='plain' for a base model."
             )
         if c.prefix_placement == "user":
-            content = c.step_separator.join([prompt, prefix_text, c.user_instruction])
+            content = steps.join([prompt, prefix_text, c.user_instruction])
             text = tok.apply_chat_template(
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
             )
@@ -316,7 +316,7 @@ class ERPRMLabeler:
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": prefix_text}]
             text = tok.apply_chat_template(messages, tokenize=False, continue_final_message=True)
             # The separator is added after rendering: templates may strip a trailing newline from the message.
-            text = text + c.step_separator
+            text = text + steps.separator
         return tok(text, add_special_tokens=False)["input_ids"]
 
     def graded_text(self, prefix: Sequence[str], continuation: str) -> str:
@@ -334,8 +334,7 @@ class ERPRMLabeler:
         """
         if self.config.prefix_placement == "user":
             return continuation
-        sep = self.config.step_separator
-        return sep.join(prefix) + sep + continuation
+        return self.step_format.join_prefix(prefix) + continuation
 
     # -- labeling rows ------------------------------------------------------------------------------------------------
 
@@ -367,7 +366,7 @@ class ERPRMLabeler:
                 pending.append(_Pending(index, prompt, list(steps), str(gold).strip()))
 
         # The last step: grade the full solution (this also finds unparsable golds before spending rollouts).
-        full = self.grader.grade([c.step_separator.join(p.steps) for p in pending], [p.gold for p in pending])
+        full = self.grader.grade([self.step_format.join(p.steps) for p in pending], [p.gold for p in pending])
         alive = []
         for p, result in zip(pending, full):
             if result.status == "gold_unparsable":
@@ -629,7 +628,7 @@ class ERPRMLabeler:
         Returns:
             `ERPRMDataCollator`: The collator.
         """
-        from ..erprm_trainer import ERPRMDataCollator
+        from ..data.stepwise import ERPRMDataCollator
 
         return ERPRMDataCollator(tokenizer, eta=resolve_eta(self.config.eta if eta is None else eta), **kwargs)
 

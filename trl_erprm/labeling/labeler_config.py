@@ -81,7 +81,8 @@ class ERPRMLabelerConfig:
         user_instruction (`str`, *optional*, defaults to `"Please reason step by step, and put your final answer within \\boxed{}."`):
             Text that follows the prefix in the user turn when `prefix_placement="user"`.
         step_separator (`str`, *optional*, defaults to `"\n"`):
-            Text joining the steps of a prefix (and the full solution), and ending each prefix.
+            The text that ends a step ([`~trl_erprm.steps.StepFormat`]): it joins the steps of the full solution and
+            ends each prefix, so that the rollout starts a new step.
 
         > Dataset
 
@@ -147,7 +148,9 @@ class ERPRMLabelerConfig:
     user_instruction: str = field(
         default=REFERENCE_INSTRUCTION, metadata={"help": "Instruction after the prefix (prefix_placement='user')."}
     )
-    step_separator: str = field(default="\n", metadata={"help": "Text joining the steps of a prefix."})
+    step_separator: str = field(
+        default="\n", metadata={"help": "The text that ends a step (joins steps, ends prefixes)."}
+    )
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the problem."})
     completions_column: str = field(default="completions", metadata={"help": "Column holding the steps."})
     gold_column: str = field(default="gold_answer", metadata={"help": "Column holding the gold final answer."})

@@ -1,20 +1,16 @@
-"""Drop-in `PRMConfig` for TRL releases without `trl.experimental.prm` (TRL >= 1.14).
+"""`PRMConfig`: the drop-in for TRL 1.13's `trl.experimental.prm.PRMConfig`, used on every TRL version.
 
-Same fields and defaults as `trl.experimental.prm.PRMConfig` of TRL 1.13.0, so a PRM script written for TRL 1.13 runs
-on the newest TRL by changing only its import.
+Same fields and defaults as TRL 1.13.0's class, so a PRM script written for TRL 1.13 runs on any supported TRL by
+changing only its import.
 """
 
 from dataclasses import dataclass, field
 
-
-try:  # TRL's base config carries the TRL-wide defaults (logging_steps=10, gradient_checkpointing=True, bf16 auto)
-    from trl.trainer.base_config import _BaseConfig
-except ImportError:  # pragma: no cover - a TRL without the private base config
-    from transformers import TrainingArguments as _BaseConfig
+from .._compat import BaseConfig, adopt_activation_checkpointing
 
 
 @dataclass
-class PRMConfig(_BaseConfig):
+class PRMConfig(BaseConfig):
     r"""
     Configuration class for [`PRMTrainer`], the process reward model trainer.
 
@@ -33,7 +29,8 @@ class PRMConfig(_BaseConfig):
         disable_dropout (`bool`, *optional*, defaults to `True`):
             Whether to disable dropout in the model.
         step_separator (`str`, *optional*, defaults to `"\n"`):
-            Text appended to every step; the step's label sits on the last token of step + separator.
+            The text that ends a step ([`~trl_erprm.steps.StepFormat`]), appended to every step, the last included;
+            the step's label sits on the last token of step + separator.
         train_on_last_step_only (`bool`, *optional*, defaults to `False`):
             Whether to train on the last step's label only (evaluation still uses every step).
         dataset_num_proc (`int` or `None`, *optional*, defaults to `None`):
@@ -61,3 +58,7 @@ class PRMConfig(_BaseConfig):
     dataset_num_proc: int | None = field(
         default=None, metadata={"help": "Number of processes to use for processing the dataset."}
     )
+
+    def __post_init__(self):
+        adopt_activation_checkpointing(self)  # TRL's default gradient_checkpointing=True must not warn
+        super().__post_init__()

@@ -1,23 +1,27 @@
-"""Drop-in `PRMTrainer` for TRL releases without `trl.experimental.prm` (TRL >= 1.14).
+"""`PRMTrainer`: the drop-in for TRL 1.13's `trl.experimental.prm.PRMTrainer`, used on every TRL version.
 
-It reproduces the behaviour of TRL 1.13.0's `trl.experimental.prm.PRMTrainer`: the same constructor, the same
-stepwise-supervision dataset format (`prompt`, `completions`, `labels`), the same label placement (the last token of
-every step + separator), `train_on_last_step_only`, truncation rules, PEFT support, accuracy metric and model-card
-tags. The tokenization helper [`tokenize_stepwise_row`] is shared with [`ERPRMTrainer`], which keeps labels as floats.
+It reproduces TRL 1.13.0's class: the same constructor, the same stepwise-supervision dataset format (`prompt`,
+`completions`, `labels`), the same tokenization (the label on the last token of every step + separator, see
+[`~trl_erprm.data.tokenize_stepwise_row`]), `train_on_last_step_only`, truncation rules, PEFT preparation and
+gradient-checkpointing settings ([`prepare_peft_model`]), accuracy metric ([`compute_accuracy`]) and model-card tags.
+[`~trl_erprm.ERPRMTrainer`] subclasses it to train on soft labels.
 """
 
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+import transformers
 from accelerate import PartialState
-from datasets import Dataset, features
+from accelerate.logging import get_logger
+from accelerate.utils import is_peft_model
+from datasets import Dataset
+from packaging.version import Version
 from transformers import (
     DataCollator,
     DataCollatorForTokenClassification,
@@ -27,28 +31,25 @@ from transformers import (
 )
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import is_peft_available
+from trl.trainer.utils import disable_dropout_in_model
 
+from .._compat import (
+    BaseTrainer,
+    ModelCardOnCheckpointMixin,
+    enable_activation_checkpointing,
+    turn_off_activation_checkpointing,
+)
+from ..data.stepwise import map_stepwise_dataset, tokenize_stepwise_row, tokenize_train_and_eval
 from .prm_config import PRMConfig
-
-
-try:  # TRL's base trainer adds model cards with `_tag_names` / `_paper`, as on every TRL trainer
-    from trl.trainer.base_trainer import _BaseTrainer
-except ImportError:  # pragma: no cover - a TRL without the private base trainer
-    from transformers import Trainer as _BaseTrainer
-
-try:
-    from trl.trainer.utils import disable_dropout_in_model
-except ImportError:  # pragma: no cover
-
-    def disable_dropout_in_model(model: nn.Module) -> None:
-        for module in model.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = 0
 
 
 if is_peft_available():
     from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+
+__all__ = ["PRMTrainer", "compute_accuracy", "prepare_peft_model"]
+
+logger = get_logger(__name__)
 
 PRM_PAPER = {
     "title": "Solving math word problems with process-and outcome-based feedback",
@@ -63,193 +64,64 @@ PRM_PAPER = {
 }
 
 
-def tokenize_stepwise_row(
-    features: dict[str, Any],
-    tokenizer: PreTrainedTokenizerBase,
-    step_separator: str,
-    max_length: int | None,
-    max_completion_length: int | None,
-    train_on_last_step_only: bool,
-    is_eval: bool,
-    label_type: Callable[[Any], Any] = int,
-) -> tuple[list[int], list[Any], list[int]]:
-    """Tokenize one stepwise-supervision row the way TRL's PRMTrainer does.
-
-    The prompt is tokenized without special tokens and prefixed with the BOS token if the tokenizer has one; each step
-    is tokenized separately and followed by the separator ids; the step's label sits on the last token of
-    step + separator, every other position is `-100`. The completion is cut to `max_completion_length`, then the whole
-    sequence to `max_length`.
-
-    Args:
-        features (`dict[str, Any]`):
-            Row with `"prompt"` (`str`), `"completions"` (`list[str]`) and `"labels"` (one per step).
-        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
-            Tokenizer of the model.
-        step_separator (`str`):
-            Separator appended to every step.
-        max_length (`int` or `None`):
-            Maximum length of prompt + completion, or `None`.
-        max_completion_length (`int` or `None`):
-            Maximum length of the completion, or `None`.
-        train_on_last_step_only (`bool`):
-            Label only the last step (training rows only).
-        is_eval (`bool`):
-            Whether the row belongs to an evaluation set (every step is labelled then).
-        label_type (`Callable`, *optional*, defaults to `int`):
-            Conversion applied to each label: `int` as in TRL (hard labels), `float` for soft labels.
-
-    Returns:
-        `tuple[list[int], list, list[int]]`: The input ids, the labels (`-100` where unlabelled), and the indices of
-        the steps whose label survived truncation, in order.
-    """
-    prompt_ids = tokenizer(features["prompt"], add_special_tokens=False)["input_ids"]
-    separator_ids = tokenizer.encode(step_separator, add_special_tokens=False)
-    steps_ids = [
-        tokenizer(step, add_special_tokens=False)["input_ids"] + separator_ids for step in features["completions"]
-    ]
-    step_labels = [label_type(label) for label in features["labels"]]
-    labelled = list(range(len(step_labels)))
-    if train_on_last_step_only and not is_eval:
-        labelled = labelled[-1:]
-
-    completion_ids, labels, label_steps = [], [], []
-    for index, (ids, label) in enumerate(zip(steps_ids, step_labels, strict=True)):
-        completion_ids += ids
-        labels += [-100] * (len(ids) - 1) + [label if index in labelled else -100]
-        label_steps.append(index)
-
-    if tokenizer.bos_token_id is not None:
-        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
-    if max_completion_length is not None:
-        completion_ids, labels = completion_ids[:max_completion_length], labels[:max_completion_length]
-    input_ids = prompt_ids + completion_ids
-    labels = [-100] * len(prompt_ids) + labels
-    if max_length is not None:
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-
-    # Steps whose label position survived truncation (positions are in step order).
-    positions = np.cumsum([len(ids) for ids in steps_ids]) - 1 + len(prompt_ids)
-    kept = [i for i in labelled if positions[i] < len(input_ids)]
-    return input_ids, labels, kept
-
-
-def map_stepwise_dataset(
-    dataset: Dataset,
-    tokenize_row: Callable[..., dict[str, Any]],
-    tokenizer: PreTrainedTokenizerBase,
-    args: PRMConfig,
-    is_eval: bool,
-    name: str,
-    label_dtype: str = "int64",
-    extra_kwargs: dict[str, Any] | None = None,
-    extra_features: dict[str, Any] | None = None,
-) -> Dataset:
-    """Tokenize a stepwise dataset with `tokenize_row`, declaring the label dtype so `datasets` keeps it.
-
-    Args:
-        dataset ([`~datasets.Dataset`]):
-            Stepwise rows.
-        tokenize_row (`Callable`):
-            Row function taking the row and the keyword arguments built from `args` (plus `extra_kwargs`).
-        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
-            Tokenizer of the model.
-        args ([`PRMConfig`]):
-            Config giving `step_separator`, `max_length`, `max_completion_length`, `train_on_last_step_only` and
-            `dataset_num_proc`.
-        is_eval (`bool`):
-            Whether these are evaluation rows (every step labelled).
-        name (`str`):
-            Name shown in the progress bar.
-        label_dtype (`str`, *optional*, defaults to `"int64"`):
-            Feature dtype of `labels`: `"int64"` as in TRL, `"float32"` for soft labels.
-        extra_kwargs (`dict[str, Any]`, *optional*):
-            More keyword arguments for `tokenize_row`.
-        extra_features (`dict[str, Any]`, *optional*):
-            Features of extra output columns.
-
-    Returns:
-        [`~datasets.Dataset`]: Rows with `input_ids`, `labels` and the extra columns.
-    """
-    fn_kwargs = {
-        "tokenizer": tokenizer,
-        "step_separator": args.step_separator,
-        "max_length": args.max_length,
-        "max_completion_length": args.max_completion_length,
-        "train_on_last_step_only": args.train_on_last_step_only,
-        "is_eval": is_eval,
-        **(extra_kwargs or {}),
-    }
-    schema = {
-        "labels": features.Sequence(features.Value(label_dtype)),
-        "input_ids": features.Sequence(features.Value("int64")),
-        **(extra_features or {}),
-    }
-    return dataset.map(
-        tokenize_row,
-        fn_kwargs=fn_kwargs,
-        num_proc=args.dataset_num_proc,
-        remove_columns=dataset.column_names,
-        desc=f"Tokenizing {name} dataset",
-        features=features.Features(schema),
-    )
-
-
-def tokenize_train_and_eval(
-    train_dataset: Dataset,
-    eval_dataset: Dataset | dict[str, Dataset] | None,
-    tokenize: Callable[[Dataset, bool, str], Dataset],
-) -> tuple[Dataset, Dataset | dict[str, Dataset] | None]:
-    """Apply `tokenize(dataset, is_eval, name)` to the training set and to every evaluation set, main process first.
-
-    Args:
-        train_dataset ([`~datasets.Dataset`]):
-            Training rows.
-        eval_dataset ([`~datasets.Dataset`], `dict[str, Dataset]` or `None`):
-            Evaluation rows, several named sets, or none.
-        tokenize (`Callable[[Dataset, bool, str], Dataset]`):
-            The tokenization of one dataset.
-
-    Returns:
-        `tuple`: The tokenized training and evaluation datasets.
-    """
-    with PartialState().main_process_first():
-        train_dataset = tokenize(train_dataset, False, "train")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {key: tokenize(ds, True, f"eval ({key})") for key, ds in eval_dataset.items()}
-        elif eval_dataset is not None:
-            eval_dataset = tokenize(eval_dataset, True, "eval")
-    return train_dataset, eval_dataset
-
-
-def compute_accuracy(eval_pred: EvalPrediction) -> dict[str, float]:
-    """Accuracy of a PRM, as TRL's PRMTrainer reports it.
+def compute_accuracy(eval_pred: EvalPrediction | tuple) -> dict[str, float]:
+    """Accuracy of a PRM, exactly as TRL 1.13's PRMTrainer reports it.
 
     For token-classification predictions of shape `(batch, seq_len, num_labels)`: argmax against the label at every
-    labelled position. For pairwise predictions of shape `(batch, 2)`: how often the first score wins, ties ignored.
+    labelled position (label `!= -100`). For pairwise predictions of shape `(batch, 2)`: how often the first score
+    wins; ties are left out with a warning.
 
     Args:
-        eval_pred ([`~transformers.trainer_utils.EvalPrediction`]):
-            Predictions and labels gathered by the evaluation loop.
+        eval_pred ([`~transformers.trainer_utils.EvalPrediction`] or `tuple`):
+            `(predictions, labels)` gathered by the evaluation loop, as an `EvalPrediction` or a plain tuple.
 
     Returns:
-        `dict[str, float]`: `{"accuracy": ...}`.
+        `dict[str, float]`: `{"accuracy": ...}` (`nan` when nothing is labelled).
     """
-    predictions, labels = eval_pred.predictions, eval_pred.label_ids
+    predictions, labels = eval_pred
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.ndim == 3:
         keep = labels != -100
-        hits = predictions.argmax(-1)[keep] == labels[keep]
+        predictions, labels = predictions.argmax(-1)[keep], labels[keep]
     else:
-        distinct = predictions[:, 0] != predictions[:, 1]
-        hits = predictions[distinct].argmax(1) == labels[distinct]
-    return {"accuracy": float(np.mean(hits)) if hits.size else float("nan")}
+        equal = predictions[:, 0] == predictions[:, 1]
+        if equal.any():
+            PartialState()  # the accelerate logger needs an initialised state
+            logger.warning(
+                f"There are {int(equal.sum())} out of {len(predictions)} instances where the predictions for both "
+                "options are equal. These instances are ignored in the accuracy computation."
+            )
+        predictions, labels = predictions[~equal].argmax(1), labels[~equal]
+    hits = np.asarray(predictions == labels, dtype=float)
+    return {"accuracy": hits.mean().item() if hits.size else float("nan")}
+
+
+def _enable_gradient_checkpointing(model: nn.Module, gradient_checkpointing_kwargs: dict | None) -> nn.Module:
+    """TRL's `enable_gradient_checkpointing`: default checkpointing on the (base) model; input gradients only for the
+    reentrant variant (the default unless `use_reentrant=False` is given), which needs them for adapters to train."""
+    enable_activation_checkpointing(model.base_model if is_peft_model(model) else model)
+    if (gradient_checkpointing_kwargs or {}).get("use_reentrant", True):
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+        else:
+
+            def make_inputs_require_grad(module, input, output):
+                output.requires_grad_(True)
+
+            model.get_input_embeddings().register_forward_hook(make_inputs_require_grad)
+    return model
 
 
 def prepare_peft_model(model: PreTrainedModel, peft_config: PeftConfig | None, args: PRMConfig) -> nn.Module:
-    """Wrap a model for (Q)LoRA training, as TRL trainers do.
+    """Prepare a model for (Q)LoRA training exactly as TRL 1.13's PRMTrainer does (`trl.experimental.utils`).
 
-    Quantized (4/8-bit) models go through `peft.prepare_model_for_kbit_training`, which also enables gradient
-    checkpointing (so `args.gradient_checkpointing` is turned off); otherwise gradient checkpointing is enabled with
-    input gradients so that adapters receive gradients.
+    - A quantized (4/8-bit) model that is not sharded (FSDP / ZeRO-3 keep 4-bit weights on CPU or meta) and not yet a
+      `PeftModel` goes through `peft.prepare_model_for_kbit_training`, which also enables gradient checkpointing, so
+      checkpointing is then turned off in `args`.
+    - Otherwise, with `args.gradient_checkpointing`, checkpointing is enabled on the model (on its base model for a
+      `PeftModel`) with default settings, and input gradients are enabled unless `use_reentrant=False`.
+    - The adapter is added (`autocast_adapter_dtype=False` for sharded 4-bit models); with `args.bf16`, the remaining
+      float32 parameters of a 4-bit model (adapters, norms) are cast to bfloat16.
 
     Args:
         model ([`~transformers.PreTrainedModel`]):
@@ -257,10 +129,13 @@ def prepare_peft_model(model: PreTrainedModel, peft_config: PeftConfig | None, a
         peft_config (`peft.PeftConfig` or `None`):
             The adapter configuration.
         args ([`PRMConfig`]):
-            Training arguments (`gradient_checkpointing`, `gradient_checkpointing_kwargs`).
+            Training arguments (`gradient_checkpointing`, `gradient_checkpointing_kwargs`, `bf16`).
 
     Returns:
         `torch.nn.Module`: The model to train.
+
+    Raises:
+        `ImportError`: Without `peft`. `ValueError`: For a `PeftModel` together with a `peft_config`.
     """
     if not is_peft_available():
         raise ImportError("PEFT training needs the `peft` package: `pip install peft`.")
@@ -269,26 +144,40 @@ def prepare_peft_model(model: PreTrainedModel, peft_config: PeftConfig | None, a
             "You passed a PeftModel together with a peft_config. Merge and unload the existing adapter first, or pass "
             "peft_config=None to keep training the existing adapter."
         )
-    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-    gc_kwargs = args.gradient_checkpointing_kwargs or {}
-    if quantized and not isinstance(model, PeftModel):
+    is_4bit = getattr(model, "is_loaded_in_4bit", False)
+    is_qlora = is_4bit or getattr(model, "is_loaded_in_8bit", False)
+    is_sharded_qlora = False
+    if is_4bit:  # FSDP / DeepSpeed ZeRO-3 keep the 4-bit weights on CPU or meta
+        for _, param in model.named_parameters():
+            if param.__class__.__name__ == "Params4bit":
+                is_sharded_qlora = param.data.device.type in {"cpu", "meta"}
+                break
+    if is_qlora and not is_sharded_qlora and not isinstance(model, PeftModel):
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=args.gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs
+            model,
+            use_gradient_checkpointing=args.gradient_checkpointing,
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs or {},
         )
-        args.gradient_checkpointing = False
+        turn_off_activation_checkpointing(args)  # prepare_model_for_kbit_training enabled it
     elif args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
-        model.enable_input_require_grads()
+        model = _enable_gradient_checkpointing(model, args.gradient_checkpointing_kwargs)
     if peft_config is not None:
-        model = get_peft_model(model, peft_config)
+        if getattr(model, "is_loaded_in_4bit", False) and is_sharded_qlora:
+            model = get_peft_model(model, peft_config, autocast_adapter_dtype=False)
+        else:
+            model = get_peft_model(model, peft_config)
+    if args.bf16 and getattr(model, "is_loaded_in_4bit", False) and not is_sharded_qlora:
+        for param in model.parameters():  # a uniform dtype, as FSDP requires
+            if param.dtype == torch.float32:
+                param.data = param.data.to(torch.bfloat16)
     return model
 
 
-class PRMTrainer(_BaseTrainer):
+class PRMTrainer(ModelCardOnCheckpointMixin, BaseTrainer):
     """Trainer for token-classification process reward models on stepwise supervision.
 
-    A drop-in for `trl.experimental.prm.PRMTrainer` (TRL <= 1.13): same arguments, same behaviour. Import it from
-    `trl_erprm`, which gives TRL's own class where the installed TRL still has it.
+    A drop-in for `trl.experimental.prm.PRMTrainer` of TRL 1.13 (the last TRL with it), used on every TRL version:
+    same arguments, same behaviour. A TRL 1.13 PRM script runs by changing only its import to `trl_erprm`.
 
     Args:
         model ([`~transformers.PreTrainedModel`] or `torch.nn.Module`):
@@ -345,7 +234,7 @@ class PRMTrainer(_BaseTrainer):
             raise ImportError("You passed `peft_config` but `peft` is not installed: `pip install peft`.")
         if peft_config is not None and not isinstance(peft_config, PeftConfig):
             raise TypeError(f"`peft_config` must be a `peft.PeftConfig` (e.g. LoraConfig), got {type(peft_config)}.")
-        if peft_config is not None or (is_peft_available() and isinstance(model, PeftModel)):
+        if peft_config is not None or is_peft_model(model):
             model = prepare_peft_model(model, peft_config, args)
         if args.disable_dropout:
             disable_dropout_in_model(model)
@@ -362,6 +251,11 @@ class PRMTrainer(_BaseTrainer):
                 return map_stepwise_dataset(dataset, self.tokenize_row, processing_class, args, is_eval, name)
 
             train_dataset, eval_dataset = tokenize_train_and_eval(train_dataset, eval_dataset, tokenize)
+
+        # As TRL 1.13: transformers < 5 defaults to the reentrant variant, which PyTorch no longer recommends.
+        if args.gradient_checkpointing and Version(transformers.__version__) < Version("5.0.0"):
+            args.gradient_checkpointing_kwargs = args.gradient_checkpointing_kwargs or {}
+            args.gradient_checkpointing_kwargs.setdefault("use_reentrant", False)
 
         super().__init__(
             model=model,
@@ -389,7 +283,7 @@ class PRMTrainer(_BaseTrainer):
         train_on_last_step_only: bool,
         is_eval: bool,
     ) -> dict[str, list[int]]:
-        """Tokenize a stepwise row with integer labels (see [`tokenize_stepwise_row`] for the layout).
+        """Tokenize a stepwise row with integer labels, as TRL 1.13 does (layout: [`~trl_erprm.data.tokenize_stepwise_row`]).
 
         Args:
             features (`dict[str, Any]`):
@@ -414,8 +308,3 @@ class PRMTrainer(_BaseTrainer):
             features, tokenizer, step_separator, max_length, max_completion_length, train_on_last_step_only, is_eval
         )
         return {"input_ids": input_ids, "labels": labels}
-
-    def _save_checkpoint(self, model, trial):
-        model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id
-        self.create_model_card(model_name=model_name.split("/")[-1])
-        super()._save_checkpoint(model, trial)

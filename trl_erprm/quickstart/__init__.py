@@ -1,61 +1,71 @@
-"""The offline quickstart: the synthetic arithmetic task, its tiny policy and the end-to-end pipeline."""
+"""The offline quickstart: the synthetic arithmetic task, its tiny policy and the end-to-end pipeline.
 
-from .pipeline import QuickstartConfig, quickstart_config, quickstart_main, run_quickstart
-from .policy import (
-    PolicyConfig,
-    build_policy_tokenizer,
-    format_prompt,
-    load_policy,
-    policy_accuracy,
-    policy_path,
-    sample_solutions,
-    train_policy,
-)
-from .task import (
-    OPERATIONS,
-    STEP_ERRORS,
-    Operation,
-    Problem,
-    ProblemStep,
-    SolutionCheck,
-    TaskConfig,
-    build_problem_dataset,
-    build_processbench_dataset,
-    build_stepwise_dataset,
-    check_solution,
-    generate_problems,
-    parse_problem,
-    split_steps,
-    task_corpus,
-)
+Names are imported from their modules on first use.
+"""
+
+import sys
+from typing import TYPE_CHECKING
+
+from .._lazy import LazyModule
 
 
-__all__ = [
-    "QuickstartConfig",
-    "quickstart_config",
-    "quickstart_main",
-    "run_quickstart",
-    "OPERATIONS",
-    "STEP_ERRORS",
-    "Operation",
-    "PolicyConfig",
-    "Problem",
-    "ProblemStep",
-    "SolutionCheck",
-    "TaskConfig",
-    "build_policy_tokenizer",
-    "build_problem_dataset",
-    "build_processbench_dataset",
-    "build_stepwise_dataset",
-    "check_solution",
-    "format_prompt",
-    "generate_problems",
-    "load_policy",
-    "parse_problem",
-    "policy_accuracy",
-    "policy_path",
-    "sample_solutions",
-    "split_steps",
-    "task_corpus",
-    "train_policy",
-]
+_import_structure = {
+    "pipeline": ["QuickstartConfig", "quickstart_config", "quickstart_main", "run_quickstart"],
+    "policy": [
+        "PolicyConfig",
+        "build_policy_tokenizer",
+        "format_prompt",
+        "load_policy",
+        "policy_accuracy",
+        "policy_path",
+        "sample_solutions",
+        "train_policy",
+    ],
+    "task": [
+        "OPERATIONS",
+        "STEP_ERRORS",
+        "Operation",
+        "Problem",
+        "ProblemStep",
+        "SolutionCheck",
+        "TaskConfig",
+        "build_problem_dataset",
+        "build_processbench_dataset",
+        "build_stepwise_dataset",
+        "check_solution",
+        "generate_problems",
+        "parse_problem",
+        "task_corpus",
+    ],
+}
+
+if TYPE_CHECKING:
+    from .pipeline import QuickstartConfig, quickstart_config, quickstart_main, run_quickstart
+    from .policy import (
+        PolicyConfig,
+        build_policy_tokenizer,
+        format_prompt,
+        load_policy,
+        policy_accuracy,
+        policy_path,
+        sample_solutions,
+        train_policy,
+    )
+    from .task import (
+        OPERATIONS,
+        STEP_ERRORS,
+        Operation,
+        Problem,
+        ProblemStep,
+        SolutionCheck,
+        TaskConfig,
+        build_problem_dataset,
+        build_processbench_dataset,
+        build_stepwise_dataset,
+        check_solution,
+        generate_problems,
+        parse_problem,
+        task_corpus,
+    )
+else:
+    sys.modules[__name__] = LazyModule(__name__, __file__, _import_structure, __spec__, {"__doc__": __doc__})

@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..steps import StepFormat
+
 
 #: What `--fast` changes (options given explicitly still win).
 FAST_SETTINGS = {
@@ -514,17 +516,14 @@ def _label(config, policy_path: str, model, tokenizer, problems, solutions: list
 
 def _train_token_prm(config, kind: str, eta: float, policy_path: str, tokenizer, dataset, out: Path):
     """Train one token-classification PRM (initialised from the policy) on the stored outcomes with `eta`."""
-    from transformers import AutoModelForTokenClassification
-
     from ..erprm_config import ERPRMConfig
     from ..erprm_trainer import ERPRMTrainer
+    from ..models import load_model
 
     seed = stage_seed(config.seed, "prm")
     torch.manual_seed(seed)  # the same new score head for every label kind: only the labels differ
     with _quiet_transformers():
-        model = AutoModelForTokenClassification.from_pretrained(
-            policy_path, num_labels=2, use_safetensors=True, trust_remote_code=False
-        )
+        model = load_model(policy_path, "token_classification", num_labels=2)
     args = ERPRMConfig(
         **_trainer_args(str(out / "prms" / kind), seed),
         eta=eta,
@@ -874,7 +873,7 @@ def _implicit_prms(config, policy_path, tokenizer, prompts, train, outcomes, out
     from ..evaluation.scorers import ImplicitPRMScorer
 
     rows = [
-        {"prompt": p, "completion": STEP_SEPARATOR.join(c.steps), "label": o[-1][0]}
+        {"prompt": p, "completion": StepFormat(STEP_SEPARATOR).join(c.steps), "label": o[-1][0]}
         for p, c, o in zip(prompts, train, outcomes)
     ]
     implicit, reference_free, stats["implicit"] = _train_implicit_prm(

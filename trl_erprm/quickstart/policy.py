@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..models import load_model, load_tokenizer
 from ..tiny import build_tiny_model, build_tokenizer
 from .task import Problem, TaskConfig, check_solution, generate_problems, task_corpus
 
@@ -292,8 +293,8 @@ def load_policy(model_path: str | os.PathLike) -> tuple[PreTrainedModel, PreTrai
     Returns:
         `tuple[PreTrainedModel, PreTrainedTokenizerBase]`: The model and the tokenizer.
     """
-    model = AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+    model = load_model(model_path, "causal_lm")
+    tokenizer = load_tokenizer(model_path)
     model.eval()
     return model, tokenizer
 

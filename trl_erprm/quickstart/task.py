@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 
+from ..steps import StepFormat
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Operations: a small registry of plain functions, chosen by name
@@ -241,7 +243,7 @@ class Problem:
         Returns:
             `str`: The steps joined by `separator`.
         """
-        return separator.join(self.solution_steps())
+        return StepFormat(separator).join(self.solution_steps())
 
 
 def _draw_step(rng: random.Random, value: int, config: TaskConfig) -> ProblemStep | None:
@@ -405,25 +407,6 @@ class SolutionCheck:
         return self.predicted_answer == self.answer
 
 
-def split_steps(solution: str, separator: str = "\n\n") -> list[str]:
-    """Split a solution into steps.
-
-    Args:
-        solution (`str`):
-            Solution text.
-        separator (`str`, *optional*, defaults to `"\\n\\n"`):
-            Text between two steps.
-
-    Returns:
-        `list[str]`: The stripped, non-empty steps; `[""]` for a solution with no text.
-    """
-    if not separator:
-        raise ValueError("separator must be a non-empty string, e.g. '\\n\\n'.")
-    steps = [piece.strip() for piece in solution.split(separator)]
-    steps = [step for step in steps if step]
-    return steps or [""]
-
-
 def _to_int(text: str) -> int | None:
     text = text.strip()
     if not re.fullmatch(rf"-?\d{{1,{_MAX_DIGITS}}}", text):
@@ -493,7 +476,7 @@ def check_solution(problem: Problem | str, solution: str, separator: str = "\n\n
         problem = parse_problem(problem)
     if not isinstance(solution, str):
         raise TypeError(f"solution must be a str, got {type(solution).__name__}.")
-    steps = split_steps(solution, separator)
+    steps = StepFormat(separator).split(solution) or [""]
     errors, answered = [], False
     for k, text in enumerate(steps):
         errors.append(_step_error(text, k, problem, answered, is_last=k == len(steps) - 1))

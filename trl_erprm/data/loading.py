@@ -1,10 +1,13 @@
-"""Dataset loading shared by the scripts: Hub ids, local data files and `save_to_disk` folders alike."""
+"""Dataset loading for the scripts and commands: Hub ids, local data files and `save_to_disk` folders alike."""
 
 from __future__ import annotations
 
 import os
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+
+__all__ = ["load_any_dataset"]
 
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}

@@ -1,98 +1,36 @@
-"""Step splitting and converters from public PRM datasets to TRL's stepwise-supervision format.
+"""Converters from public PRM datasets to TRL's stepwise-supervision format.
 
 The stepwise-supervision format (TRL's PRMTrainer, [`ERPRMTrainer`], the labeler) is one row per solution:
 `{"prompt": str, "completions": [step, ...], "labels": [label per step]}` plus, where the source has one, the gold
 answer column (`"gold_answer"` by default). Labels produced here are floats in [0, 1].
 
-- [`split_steps`] splits a solution by a separator (`"\\n\\n"`, `"\\n"`) or by "Step k:" markers
-  ([`STEP_SPLITTERS`] names the rules).
 - [`math_shepherd_to_stepwise`] converts a Math-Shepherd row (`input` with step tags, `label` with `+`/`-` where the
   tags are).
-- [`prm800k_to_stepwise`] converts a PRM800K row (human ratings -1/0/1) following the labeler's chosen path.
+- [`prm800k_to_stepwise`] converts a PRM800K row (human ratings -1/0/1) following the labeler's chosen path;
+  [`convert_prm800k`] converts a whole dataset.
 - [`gsm8k_to_stepwise`] converts a GSM8K row (`question`, `answer` ending in `#### N`) into unlabelled steps with a
   gold answer, ready for the labeler.
+
+Cutting free text into steps is [`trl_erprm.steps.split_steps`].
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from functools import partial
+from collections.abc import Iterable
 
+
+__all__ = [
+    "MATH_SHEPHERD_STEP_TAG",
+    "convert_prm800k",
+    "gsm8k_to_stepwise",
+    "math_shepherd_to_stepwise",
+    "prm800k_to_stepwise",
+]
 
 #: The Math-Shepherd step tag as it appears after the text of a step (a space, then "ки").
 MATH_SHEPHERD_STEP_TAG = "ки"
-_STEP_MARKER_RE = re.compile(r"(?im)^[ \t]*step[ \t]*\d+[ \t]*[:.]")
 _MATH_SHEPHERD_FIRST_STEP_RE = re.compile(r"\s*Step 1\s*:")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Splitting a solution into steps
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def split_by_separator(text: str, separator: str = "\n\n") -> list[str]:
-    """Split a solution at every occurrence of `separator`; steps are stripped and empty pieces dropped.
-
-    Args:
-        text (`str`):
-            The solution.
-        separator (`str`, *optional*, defaults to `"\\n\\n"`):
-            Text between two steps, for example `"\\n\\n"` or `"\\n"`.
-
-    Returns:
-        `list[str]`: The non-empty steps, in order.
-    """
-    if not separator:
-        raise ValueError("separator must be a non-empty string such as '\\n\\n' or '\\n'.")
-    return [piece.strip() for piece in text.split(separator) if piece.strip()]
-
-
-def split_by_step_markers(text: str) -> list[str]:
-    """Split a solution before every "Step k:" marker (also "Step k." and lowercase, at the start of a line).
-
-    Each step keeps its marker ("Step 2: ..."). Text before the first marker, if any, is a step of its own. Without
-    any marker the whole text is one step.
-
-    Args:
-        text (`str`):
-            The solution.
-
-    Returns:
-        `list[str]`: The non-empty steps, stripped, in order.
-    """
-    starts = [m.start() for m in _STEP_MARKER_RE.finditer(text)]
-    bounds = [0, *[s for s in starts if s > 0], len(text)]
-    pieces = [text[a:b].strip() for a, b in zip(bounds[:-1], bounds[1:])]
-    return [piece for piece in pieces if piece]
-
-
-#: Step splitting rules by name.
-STEP_SPLITTERS: dict[str, Callable[[str], list[str]]] = {
-    "double_newline": partial(split_by_separator, separator="\n\n"),
-    "newline": partial(split_by_separator, separator="\n"),
-    "step_markers": split_by_step_markers,
-}
-
-
-def split_steps(text: str, method: str = "double_newline") -> list[str]:
-    """Split a solution into steps with a rule chosen by name.
-
-    Args:
-        text (`str`):
-            The solution.
-        method (`str`, *optional*, defaults to `"double_newline"`):
-            One of [`STEP_SPLITTERS`]: `"double_newline"` (separator `"\\n\\n"`), `"newline"` (separator `"\\n"`) or
-            `"step_markers"` ("Step k:" markers, see [`split_by_step_markers`]).
-
-    Returns:
-        `list[str]`: The non-empty steps, stripped, in order.
-    """
-    if method not in STEP_SPLITTERS:
-        raise ValueError(f"Unknown step splitting method {method!r}; choose one of {sorted(STEP_SPLITTERS)}.")
-    if not isinstance(text, str):
-        raise TypeError(f"split_steps needs a string solution, got {type(text).__name__}.")
-    return STEP_SPLITTERS[method](text)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""The data layer: loading datasets, converting public PRM datasets, preparing and collating training rows.
+
+- `loading`: [`load_any_dataset`] (Hub ids, local data files, `save_to_disk` folders).
+- `converters`: Math-Shepherd, PRM800K and GSM8K rows to TRL's stepwise-supervision format.
+- `stepwise`: validation, tokenization (TRL 1.13 `PRMTrainer` layout) and the float-label collator of stepwise rows.
+- `outcome`: outcome-labelled rows of implicit PRMs: GRPO-style prompt tokenization, validation, DPO pairs, collator.
+
+This package imports no trainer, labeler or scorer: they import it. Names are imported on first use.
+"""
+
+import sys
+from typing import TYPE_CHECKING
+
+from .._lazy import LazyModule
+
+
+_import_structure = {
+    "loading": ["load_any_dataset"],
+    "converters": [
+        "MATH_SHEPHERD_STEP_TAG",
+        "convert_prm800k",
+        "gsm8k_to_stepwise",
+        "math_shepherd_to_stepwise",
+        "prm800k_to_stepwise",
+    ],
+    "stepwise": [
+        "ERPRMDataCollator",
+        "map_stepwise_dataset",
+        "tokenize_stepwise_row",
+        "tokenize_train_and_eval",
+        "validate_stepwise_dataset",
+    ],
+    "outcome": [
+        "DataCollatorForImplicitPRM",
+        "build_dpo_pairs",
+        "completion_text",
+        "encode_prompt",
+        "prepare_outcome_dataset",
+        "truncate_to_max_length",
+        "validate_outcome_rows",
+    ],
+}
+
+if TYPE_CHECKING:
+    from .converters import (
+        MATH_SHEPHERD_STEP_TAG,
+        convert_prm800k,
+        gsm8k_to_stepwise,
+        math_shepherd_to_stepwise,
+        prm800k_to_stepwise,
+    )
+    from .loading import load_any_dataset
+    from .outcome import (
+        DataCollatorForImplicitPRM,
+        build_dpo_pairs,
+        completion_text,
+        encode_prompt,
+        prepare_outcome_dataset,
+        truncate_to_max_length,
+        validate_outcome_rows,
+    )
+    from .stepwise import (
+        ERPRMDataCollator,
+        map_stepwise_dataset,
+        tokenize_stepwise_row,
+        tokenize_train_and_eval,
+        validate_stepwise_dataset,
+    )
+else:
+    sys.modules[__name__] = LazyModule(__name__, __file__, _import_structure, __spec__, {"__doc__": __doc__})

@@ -1,0 +1,183 @@
+"""Loading models and tokenizers: one place, one policy.
+
+Every model trl-erprm loads from a name (the trainers given a path, `ImplicitPRM`, the scorers, the labeler's rollout
+backend, the quickstart) goes through [`load_model`] / [`load_tokenizer`], so the rules are the same everywhere:
+
+- **Weights from safetensors only** (`use_safetensors=True`): a pickle checkpoint can run code when loaded.
+- **No remote code** unless the caller sets `trust_remote_code=True`: model repositories are untrusted.
+- **One dtype policy** ([`resolve_dtype`]): `"auto"` (the default) loads the dtype the checkpoint was saved in, as
+  transformers 5 does, on every transformers version; a name (`"float32"`, `"bfloat16"`, `"float16"`) or a
+  `torch.dtype` forces it; anything else is an error naming the choices.
+- **A clear error for a missing folder**: a name that looks like a local path (absolute, `./`, `../`, `~`, or more
+  than one `/`) and does not exist raises `FileNotFoundError("folder not found: <path>")` instead of the Hub's message
+  about an invalid repository id.
+- A folder holding a PEFT adapter (`adapter_config.json`) loads as a `PeftModel` on top of its base model.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+
+__all__ = ["DTYPES", "MODEL_TASKS", "check_model_path", "load_config", "load_model", "load_tokenizer", "resolve_dtype"]
+
+#: Dtype names accepted everywhere a dtype is given as text (command lines, configs).
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+#: Model kinds of [`load_model`]: the transformers auto class, and the PEFT auto class for adapter folders.
+MODEL_TASKS = {
+    "causal_lm": ("AutoModelForCausalLM", "AutoPeftModelForCausalLM"),
+    "token_classification": ("AutoModelForTokenClassification", "AutoPeftModelForTokenClassification"),
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
+    """The `dtype` to pass to `from_pretrained`, from a name, a `torch.dtype`, `"auto"` or `None`.
+
+    Args:
+        dtype (`str`, `torch.dtype` or `None`):
+            `"auto"` or `None` (the checkpoint's own dtype), a name of [`DTYPES`] or any `torch` dtype name
+            (`"float64"`...), or a `torch.dtype`.
+
+    Returns:
+        `str` or `torch.dtype`: `"auto"` or the `torch.dtype`.
+
+    Raises:
+        `ValueError`: If `dtype` names no torch dtype.
+    """
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"dtype {dtype!r} is not a dtype: use one of {list(DTYPES)} or a torch.dtype.")
+    return value
+
+
+def _looks_local(name: str) -> bool:
+    """Whether a model name can only be a local path (a Hub id is `name` or `owner/name`)."""
+    return (
+        os.path.isabs(name)
+        or name in (".", "..")
+        or name.startswith(("./", "../", "~", ".\\", "..\\"))
+        or name.count("/") > 1
+        or name.endswith("/")
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def check_model_path(name_or_path: str | os.PathLike) -> str:
+    """Check a model name before loading it, so that a mistyped folder gives a clear error.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`):
+            A Hub id or a local folder.
+
+    Returns:
+        `str`: The name, with a leading `~` expanded.
+
+    Raises:
+        `FileNotFoundError`: `"folder not found: <path>"` when the name looks like a local path (absolute, `./`, `../`,
+            `~`, or more than one `/`) and does not exist.
+        `NotADirectoryError`: When the name is an existing file, not a folder.
+    """
+    name = str(name_or_path)
+    path = os.path.expanduser(name) if name.startswith("~") else name
+    if os.path.isfile(path):
+        raise NotADirectoryError(f"{path} is a file: pass the model folder (the one holding config.json).")
+    if _looks_local(name) and not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"folder not found: {path}. Pass an existing model folder, or a Hub id such as 'Qwen/Qwen2.5-0.5B'."
+        )
+    return path
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    task: str = "causal_lm",
+    dtype: str | torch.dtype | None = "auto",
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+):
+    """Load a model from a folder or the Hub with the project's loading policy (see the module docstring).
+
+    Args:
+        name_or_path (`str` or `os.PathLike`):
+            A Hub id or a local folder. A folder with `adapter_config.json` loads as a PEFT model on its base.
+        task (`str`, *optional*, defaults to `"causal_lm"`):
+            One of [`MODEL_TASKS`]: `"causal_lm"` (`AutoModelForCausalLM`) or `"token_classification"`
+            (`AutoModelForTokenClassification`; pass `num_labels=2` for a PRM head).
+        dtype (`str`, `torch.dtype` or `None`, *optional*, defaults to `"auto"`):
+            Weights dtype, see [`resolve_dtype`]. `torch_dtype` in `kwargs` is accepted as an alias.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Whether to run model code from the repository.
+        **kwargs:
+            Other keyword arguments of `from_pretrained` (`num_labels`, `device_map`, `quantization_config`,
+            `attn_implementation`, `revision`...), for example a config's `model_init_kwargs`.
+
+    Returns:
+        [`~transformers.PreTrainedModel`] or `peft.PeftModel`: The model, in training mode as transformers returns it.
+
+    Raises:
+        `ValueError`: For an unknown `task`, an invalid `dtype`, or `use_safetensors=False`.
+        `FileNotFoundError`: For a local-looking path that does not exist.
+    """
+    if task not in MODEL_TASKS:
+        raise ValueError(f"task must be one of {sorted(MODEL_TASKS)}, got {task!r}.")
+    if kwargs.pop("use_safetensors", True) is not True:
+        raise ValueError("Weights load from safetensors only (use_safetensors=True): convert the checkpoint first.")
+    alias = kwargs.pop("torch_dtype", None)
+    dtype = resolve_dtype(alias if dtype in (None, "auto") and alias is not None else dtype)
+    path = check_model_path(name_or_path)
+    auto_class, peft_class = MODEL_TASKS[task]
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):
+        import peft
+
+        loader = getattr(peft, peft_class)
+    else:
+        import transformers
+
+        loader = getattr(transformers, auto_class)
+    return loader.from_pretrained(
+        path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
+    )
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False, **kwargs: Any):
+    """Load a tokenizer from a folder or the Hub, with the same path check as [`load_model`].
+
+    Args:
+        name_or_path (`str` or `os.PathLike`):
+            A Hub id or a local folder.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Whether to run tokenizer code from the repository.
+        **kwargs:
+            Other keyword arguments of `AutoTokenizer.from_pretrained`.
+
+    Returns:
+        [`~transformers.PreTrainedTokenizerBase`]: The tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(check_model_path(name_or_path), trust_remote_code=trust_remote_code, **kwargs)
+
+
+def load_config(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+    """Load a model's configuration (for example to read its architecture), with the same path check.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`):
+            A Hub id or a local folder.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Whether to run configuration code from the repository.
+
+    Returns:
+        [`~transformers.PretrainedConfig`]: The configuration.
+    """
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(check_model_path(name_or_path), trust_remote_code=trust_remote_code)
