@@ -5,12 +5,11 @@ __version__ = "0.1.0"
 from .erprm_config import ERPRMConfig
 from .erprm_trainer import ERPRMDataCollator, ERPRMTrainer, compute_soft_metrics
 from .functional import ETA_ALIASES, STEP_AGGREGATIONS, aggregate_steps, er_label, resolve_eta
+from .grpo import PRIMEConfig, PRIMETrainer, PRLConfig, PRLTrainer, separator_token_ids
 from .implicit_prm import ImplicitPRM
 from .implicit_prm_config import ImplicitPRMConfig
 from .implicit_prm_trainer import ImplicitPRMTrainer
 from .labeling import ERPRMLabeler, ERPRMLabelerConfig, GradeResult, MathVerifyGrader
-from .prime import PRIMECallback, PRIMEConfig
-from .prl import PRLCallback, PRLConfig, separator_token_ids
 from .prm import TRL_HAS_PRM, PRMConfig, PRMTrainer
 
 
@@ -28,10 +27,10 @@ __all__ = [
     "ImplicitPRM",
     "ImplicitPRMConfig",
     "ImplicitPRMTrainer",
-    "PRIMECallback",
     "PRIMEConfig",
-    "PRLCallback",
+    "PRIMETrainer",
     "PRLConfig",
+    "PRLTrainer",
     "PRMConfig",
     "PRMTrainer",
     "aggregate_steps",
