@@ -172,7 +172,7 @@ class PRIMETrainer(ProcessAdvantageMixin, GRPOTrainer):
         return ImplicitPRM(
             path,
             ref_model=self.args.prm_ref_model_name_or_path or path,
-            tokenizer=self.processing_class,
+            tokenizer=policy_tokenizer(self),
             beta=self.args.prm_beta or DEFAULT_PRM_BETA,
             model_init_kwargs={"dtype": "float32", "trust_remote_code": bool(self.args.trust_remote_code)},
         )
