@@ -292,7 +292,7 @@ class PRIMETrainer(ProcessAdvantageMixin, GRPOTrainer):
             )
 
     def _warn_all_filtered(self, outcome: torch.Tensor, unscorable: torch.Tensor, truncated: torch.Tensor) -> None:
-        if self._warned_all_filtered:
+        if self._warned_all_filtered or not self.accelerator.is_main_process:  # the same on every process: say it once
             return
         self._warned_all_filtered = True
         K, args = self.num_generations, self.args
