@@ -1,27 +1,27 @@
 # accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml examples/prime_grpo.py --model_name_or_path Qwen/Qwen2.5-Math-1.5B-Instruct --dataset_name HuggingFaceH4/MATH-500 --dataset_split test --output_dir prime-qwen2.5-math-1.5b --bf16 True --per_device_train_batch_size 8 --num_generations 4 --max_completion_length 1024 --learning_rate 5e-7 --prm_learning_rate 1e-6
-"""PRIME (arXiv:2502.01456) with an unmodified GRPOTrainer: a math-verify outcome reward (`trl.rewards.accuracy_reward`)
-on the `solution` column, an implicit PRM initialised from the policy and updated online (`ImplicitPRM`), and
-`PRIMECallback`, which replaces GRPO's sequence-level advantages by PRIME's token-level ones.
+"""PRIME (arXiv:2502.01456) with `PRIMETrainer`, a GRPOTrainer subclass: a math-verify outcome reward
+(`trl.rewards.accuracy_reward`) on the `solution` column, and an implicit PRM initialised from the policy (or from
+`--prm_model_name_or_path`) and trained online, whose token-level rewards give PRIME's advantages.
 
 On the CPU, with a tiny local model and local data (a few steps):
 
     python -c "from trl_erprm.tiny import build_tokenizer, build_tiny_model; build_tiny_model(build_tokenizer(), save_dir='tiny-lm')"
     accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/prime_grpo.py --model_name_or_path tiny-lm --dataset_name tests/data/math500_test.jsonl --max_train_samples 16 --output_dir prime-tiny --use_cpu --per_device_train_batch_size 4 --num_generations 2 --max_completion_length 16 --max_steps 3 --accuracy_lower_bound 0 --accuracy_upper_bound 1 --report_to none
 
-The PRM is a separate full copy of the model per process (its gradients are averaged over processes with an
-all-reduce); with DeepSpeed ZeRO-2/3 only the policy is sharded. The PRM is saved in `prm/` inside every checkpoint
-and in `<output_dir>/prm` at the end.
+The PRM is a separate full copy of the model per process (its gradients are summed over processes with an
+all-reduce); with DeepSpeed ZeRO-2/3 only the policy is sharded. The PRM (with its optimizer state and a model card)
+is saved in `prm/` inside every checkpoint and in `<output_dir>/prm` at the end; `--resume_from_checkpoint` restores
+it, and refuses a checkpoint that lacks it.
 """
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from datasets import load_dataset
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, TrlParser, get_peft_config
 from trl.rewards import accuracy_reward
 
-from trl_erprm.implicit_prm import ImplicitPRM
-from trl_erprm.prime import PRIMECallback, PRIMEConfig
+from trl_erprm.grpo import PRIMEConfig, PRIMETrainer
 
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -42,12 +42,6 @@ class ScriptArguments:
             Column holding the reference solution (its `\boxed{}` answer is what math-verify compares with).
         max_train_samples (`int` or `None`, *optional*, defaults to `None`):
             Keep only the first rows of the dataset.
-        prm_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
-            Initial weights of the implicit PRM. Defaults to the policy's (as PRIME does).
-        prm_ref_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
-            Reference of the implicit PRM (frozen). Defaults to the PRM's initial weights.
-        prm_beta (`float`, *optional*, defaults to `0.05`):
-            Scale of the implicit reward.
     """
 
     dataset_name: str = "HuggingFaceH4/MATH-500"
@@ -55,9 +49,6 @@ class ScriptArguments:
     prompt_column: str = "problem"
     solution_column: str = "solution"
     max_train_samples: int | None = None
-    prm_model_name_or_path: str | None = None
-    prm_ref_model_name_or_path: str | None = None
-    prm_beta: float = field(default=0.05)
 
 
 def load_math_dataset(script_args: ScriptArguments):
@@ -82,35 +73,25 @@ def load_math_dataset(script_args: ScriptArguments):
     return dataset.map(to_prompt, remove_columns=dataset.column_names)
 
 
-def main(script_args: ScriptArguments, training_args: GRPOConfig, prime_args: PRIMEConfig, model_args: ModelConfig):
+def main(script_args: ScriptArguments, training_args: PRIMEConfig, model_args: ModelConfig):
     training_args.model_init_kwargs = {"dtype": model_args.dtype, "revision": model_args.model_revision}
-    trainer = GRPOTrainer(
+    # the PRM is built from --prm_model_name_or_path (default: the policy), in float32: AdamW at lr 1e-6 needs float32
+    # weights, and with --bf16 its forward passes run under the trainer's autocast
+    trainer = PRIMETrainer(
         model=model_args.model_name_or_path,
         reward_funcs=[accuracy_reward],
         args=training_args,
         train_dataset=load_math_dataset(script_args),
         peft_config=get_peft_config(model_args),
     )
-    prm_path = script_args.prm_model_name_or_path or model_args.model_name_or_path
-    prm = ImplicitPRM(
-        prm_path,
-        ref_model=script_args.prm_ref_model_name_or_path or prm_path,
-        tokenizer=trainer.processing_class,
-        beta=script_args.prm_beta,
-        model_init_kwargs={"dtype": "float32"},  # AdamW at lr 1e-6 needs float32 weights; bf16 runs under autocast
-    )
-    prime = PRIMECallback(trainer, prm, prime_args)
-    trainer.train()
-
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        prime.save_prm(os.path.join(training_args.output_dir, "prm"))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)  # the policy, and the PRM in <output_dir>/prm
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
         if trainer.accelerator.is_main_process:
-            prime.push_prm_to_hub(f"{trainer.hub_model_id}-prm")
+            trainer.push_prm_to_hub(f"{trainer.hub_model_id}-prm")
 
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, GRPOConfig, PRIMEConfig, ModelConfig))
+    parser = TrlParser((ScriptArguments, PRIMEConfig, ModelConfig))
     main(*parser.parse_args_and_config())

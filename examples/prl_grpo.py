@@ -1,9 +1,9 @@
 # accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml examples/prl_grpo.py --model_name_or_path Qwen/Qwen2.5-Math-1.5B-Instruct --dataset_name HuggingFaceH4/MATH-500 --dataset_split test --output_dir prl-qwen2.5-math-1.5b --bf16 True --per_device_train_batch_size 8 --num_generations 8 --max_completion_length 1024 --learning_rate 1e-6 --beta 0.001 --eta 150
-"""PRL (Process Reward Learning, arXiv:2601.10201) with an unmodified GRPOTrainer: a math-verify outcome reward
-(`trl.rewards.accuracy_reward`) on the `solution` column, and `PRLCallback`, which turns GRPO's outcome advantage `A_i`
-into per-step advantages `A_i - (1/eta) * sum_{j>=t} log pi_old(a_j)/pi_ref(a_j)` (steps end at newline tokens, or
-every `--step_len` tokens). No reward model is trained. PRL needs GRPO's reference log-probs, which GRPOTrainer
-computes only with `--beta` > 0: a small beta keeps GRPO's own KL loss small.
+"""PRL (Process Reward Learning, arXiv:2601.10201) with `PRLTrainer`, a GRPOTrainer subclass: a math-verify outcome
+reward (`trl.rewards.accuracy_reward`) on the `solution` column; GRPO's outcome advantage `A_i` becomes the per-step
+advantage `A_i - (1/eta) * sum_{j>=t} log pi_old(a_j)/pi_ref(a_j)` (steps end at newline tokens, or every
+`--step_len` tokens). No reward model is trained. PRL needs GRPO's reference log-probs, which GRPO computes only with
+`--beta` > 0 (PRLConfig defaults to 0.001, which keeps GRPO's own KL loss small).
 
 On the CPU, with a tiny local model and local data (a few steps):
 
@@ -15,10 +15,10 @@ import os
 from dataclasses import dataclass
 
 from datasets import load_dataset
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, TrlParser, get_peft_config
 from trl.rewards import accuracy_reward
 
-from trl_erprm.prl import PRLCallback, PRLConfig
+from trl_erprm.grpo import PRLConfig, PRLTrainer
 
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -70,22 +70,21 @@ def load_math_dataset(script_args: ScriptArguments):
     return dataset.map(to_prompt, remove_columns=dataset.column_names)
 
 
-def main(script_args: ScriptArguments, training_args: GRPOConfig, prl_args: PRLConfig, model_args: ModelConfig):
+def main(script_args: ScriptArguments, training_args: PRLConfig, model_args: ModelConfig):
     training_args.model_init_kwargs = {"dtype": model_args.dtype, "revision": model_args.model_revision}
-    trainer = GRPOTrainer(
+    trainer = PRLTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=[accuracy_reward],
         args=training_args,
         train_dataset=load_math_dataset(script_args),
         peft_config=get_peft_config(model_args),
     )
-    PRLCallback(trainer, prl_args)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
 
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, GRPOConfig, PRLConfig, ModelConfig))
+    parser = TrlParser((ScriptArguments, PRLConfig, ModelConfig))
     main(*parser.parse_args_and_config())

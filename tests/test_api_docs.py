@@ -92,8 +92,8 @@ def _args_sections(docstring: str) -> str:
 def test_the_walk_finds_the_api():
     # guards the discovery itself: a broken walk would make the other tests pass vacuously
     names = {name for name, _ in PUBLIC}
-    assert {"trl_erprm.prime.PRIMECallback", "trl_erprm.prl.PRLConfig", "trl_erprm.functional.er_label"} <= names
-    assert "trl_erprm.rollout_hook._RolloutHook" not in names
+    assert {"trl_erprm.grpo.prime_trainer.PRIMETrainer", "trl_erprm.grpo.prl_config.PRLConfig"} <= names
+    assert "trl_erprm.functional.er_label" in names and "trl_erprm._compat.GRPOTrainerHooks" not in names
     assert len(PUBLIC) > 50
 
 

@@ -122,7 +122,12 @@ CASES: dict[str, list[Case]] = {
         Case(
             "--model_name_or_path {causal_lm} --dataset_name {data}/math500_test.jsonl --max_train_samples 4 "
             f"--output_dir {{out}} --accuracy_lower_bound 0 --accuracy_upper_bound 1 {GRPO} {TRAIN}",
-            outputs={"model.safetensors": (), "prm/model.safetensors": (), "prm/prm_optimizer.pt": ()},
+            outputs={
+                "model.safetensors": (),
+                "prm/model.safetensors": (),
+                "prm/prm_optimizer.pt": (),
+                "prm/README.md": ("PRIME", "ImplicitPRM("),
+            },
             logs=("prime/prm_loss", "prime/process_reward/mean"),
         )
     ],

@@ -11,11 +11,13 @@ from trl_erprm.functional import (
     accuracy_band_mask,
     discounted_returns,
     fill_from_step_ends,
+    last_token_mask,
     leave_one_out_baseline,
     masked_whiten,
     prime_advantages,
     prl_advantages,
     step_end_mask_from_token_ids,
+    weighted_outcome,
 )
 
 
@@ -117,6 +119,83 @@ def test_prime_advantages_reference_baseline():
     # the self term sums to zero over a sequence, so the return at the first token equals the paper's
     paper = prime_advantages(O2, R2, M2, group_size=2, baseline="paper", whiten=False)
     close(out[:, 0], paper[:, 0].tolist())
+
+
+def test_prime_advantages_reference_baseline_discounts_the_outcome_too():
+    # process terms as above; the outcome advantage sits on the last valid token and is discounted with the process:
+    # row 0: [-0.45, -0.25, -0.05 + 1] -> G2 = 0.95, G1 = -0.25 + 0.475 = 0.225, G0 = -0.45 + 0.1125 = -0.3375
+    # row 1: [0.15, 0.35 - 1] -> G1 = -0.65, G0 = 0.15 - 0.325 = -0.175
+    # row 2: [-0.5, 0.7, -0.5] -> G2 = -0.5, G1 = 0.7 - 0.25 = 0.45, G0 = -0.5 + 0.225 = -0.275
+    # row 3: [0.1] -> [0.1]
+    out = prime_advantages(O2, R2, M2, group_size=2, baseline="reference", gamma=0.5, whiten=False)
+    close(out, [[-0.3375, 0.225, 0.95], [-0.175, -0.65, 0.0], [-0.275, 0.45, -0.5], [0.1, 0.0, 0.0]])
+    # the paper's Algorithm 1 never discounts the outcome: at gamma = 0.5 the two differ, at gamma = 1 they agree
+    paper = prime_advantages(O2, R2, M2, group_size=2, baseline="paper", gamma=0.5, whiten=False)
+    assert not torch.allclose(out[0], paper[0])
+    reference_1 = prime_advantages(O2, R2, M2, group_size=2, baseline="reference", gamma=1.0, whiten=False)
+    paper_1 = prime_advantages(O2, R2, M2, group_size=2, baseline="paper", gamma=1.0, whiten=False)
+    close(reference_1[:, 0], paper_1[:, 0].tolist())
+
+
+def _reference_code_returns(token_scores, outcome, mask, n_samples, rm_gamma, verifier_gamma):
+    """The algorithm of `compute_rloo_returns` in the PRIME reference code, written out with loops: per reward source
+    (token scores on every valid token, the verifier's outcome on the last valid token), a leave-one-out baseline
+    with self term over the source's masked per-sample means, a discounted return with the source's own gamma, the
+    sum of the sources, then verl's whitening `(x - mean) * rsqrt(var_unbiased + 1e-8)` over the mask."""
+    B, T = token_scores.shape
+    lengths = mask.sum(-1).long()
+    sources = []
+    for values, gamma, on_last in ((token_scores, rm_gamma, False), (outcome, verifier_gamma, True)):
+        reward = torch.zeros(B, T, dtype=torch.float64)
+        where = torch.zeros(B, T, dtype=torch.bool)
+        for b in range(B):
+            if on_last:
+                where[b, lengths[b] - 1] = True
+                reward[b, lengths[b] - 1] = values[b]
+            else:
+                where[b, : lengths[b]] = True
+                reward[b, : lengths[b]] = values[b, : lengths[b]]
+        for start in range(0, B, n_samples):
+            means = [reward[b][where[b]].mean() for b in range(start, start + n_samples)]
+            baseline = sum(means) / (n_samples - 1)
+            for b in range(start, start + n_samples):
+                reward[b][where[b]] = reward[b][where[b]] * n_samples / (n_samples - 1) - baseline
+        returns = torch.zeros(B, T, dtype=torch.float64)
+        for t in reversed(range(T)):
+            returns[:, t] = reward[:, t] + (gamma * returns[:, t + 1] if t + 1 < T else 0.0)
+        sources.append(returns)
+    total = sources[0] + sources[1]
+    valid = total[mask.bool()]
+    whitened = (total - valid.mean()) * torch.rsqrt(valid.var(unbiased=True) + 1e-8)
+    return whitened * mask
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+def test_prime_reference_baseline_reproduces_the_reference_algorithm(gamma):
+    generator = torch.Generator().manual_seed(0)
+    B, T, K = 8, 7, 4
+    token_scores = torch.randn(B, T, generator=generator, dtype=torch.float64) * 0.1
+    outcome = torch.randint(0, 2, (B,), generator=generator).double()
+    lengths = torch.randint(1, T + 1, (B,), generator=generator)
+    mask = (torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)).double()
+    expected = _reference_code_returns(token_scores, outcome, mask, K, gamma, gamma)
+    out = prime_advantages(outcome, token_scores, mask, K, gamma=gamma, baseline="reference", whiten=True)
+    # the only difference is where the whitening epsilon goes (variance there, standard deviation here)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_last_token_mask_with_holes_and_an_empty_row():
+    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]])
+    assert last_token_mask(mask).tolist() == [[0, 0, 0, 1, 0], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]]
+
+
+def test_weighted_outcome_ignores_none_and_flags_unscorable():
+    # row 0: 0.5 * 1 + 0.5 * 0 = 0.5; row 1: the second function returned None -> 0.5 * 1; row 2: both None
+    nan = float("nan")
+    rewards = torch.tensor([[1.0, 0.0], [1.0, nan], [nan, nan]])
+    outcome, unscorable = weighted_outcome(rewards, torch.tensor([0.5, 0.5]))
+    close(outcome, [0.5, 0.5, 0.0])
+    assert unscorable.tolist() == [False, False, True]
 
 
 # One group of K = 3, T = 2. Means 0.3, 0.3, 0.9 -> process baselines (0.3+0.9)/2 = 0.6, 0.6, (0.3+0.3)/2 = 0.3.

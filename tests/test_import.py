@@ -20,7 +20,7 @@ HEAVY = (
     "trl_erprm.erprm_trainer",
     "trl_erprm.prm.prm_trainer",
     "trl_erprm.implicit_prm",
-    "trl_erprm.prime",
+    "trl_erprm.grpo.prime_trainer",
     "trl_erprm.labeling.labeler",
 )
 
@@ -115,7 +115,7 @@ def test_import_arrows_point_one_way():
     assert not breaking(bottom, allowed=())
     data = [m for m in imports if m.startswith("trl_erprm.data")]
     assert not breaking(data, allowed=("trl_erprm.data", "trl_erprm.steps", "trl_erprm.functional", "trl_erprm._lazy"))
-    trainers = ("trl_erprm.prm", "trl_erprm.erprm_", "trl_erprm.implicit_prm_", "trl_erprm.prime", "trl_erprm.prl")
+    trainers = ("trl_erprm.prm", "trl_erprm.erprm_", "trl_erprm.implicit_prm_", "trl_erprm.grpo")
     users = [m for m in imports if m.startswith(("trl_erprm.labeling", "trl_erprm.evaluation"))]
     assert not breaking(users, forbidden=trainers)
     others = [m for m in imports if not m.startswith(("trl_erprm.quickstart", "trl_erprm.cli"))]

@@ -1,4 +1,5 @@
-"""PRIME under data parallelism: a 2-process CPU run gives the same advantages as a 1-process run on the same batch.
+"""PRIME and PRL under data parallelism: a 2-process CPU run gives the same advantages as a 1-process run on the same
+batch.
 
 The test launches this file with `accelerate launch --num_processes N` (N = 1 with `--cpu`; N = 2 with `--multi_gpu`,
 which picks accelerate's torchrun launcher, while `GRPOConfig(use_cpu=True)` makes the processes talk over gloo on the
@@ -6,13 +7,14 @@ CPU: `--cpu` with 2 processes starts a single one unless MPI is set up), with th
 of 6 completions (3 prompts x 2 generations) split 6 | 3 + 3, so that one group straddles the two processes. The
 completions are scripted through GRPOTrainer's `rollout_func` (so both runs see identical text), the PRM update is
 "double forward" (so the process rewards come from the updated PRM, which is identical only if its gradients were
-averaged over processes) and each process dumps its advantages.
+averaged over processes) and each process dumps its advantages. PRL runs the same way (`--trainer prl`).
 """
 
 import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,68 +30,62 @@ GLOBAL_BATCH = 6
 LEARNING_RATE_PRM = 1e-3
 
 
-def worker(model_path: str, out_dir: str) -> None:
-    """Run one PRIME step with GRPOTrainer (launched by accelerate) and dump what the test compares."""
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+def worker(model_path: str, out_dir: str, trainer_name: str = "prime") -> None:
+    """Run one PRIME (or PRL) step (launched by accelerate) and dump what the test compares."""
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from grpo_helpers import math_rows, scripted_rollout
     from trl.rewards import accuracy_reward
 
-    from trl_erprm.implicit_prm import ImplicitPRM
-    from trl_erprm.prime import PRIMECallback, PRIMEConfig
+    from trl_erprm.grpo import PRIMEConfig, PRIMETrainer, PRLConfig, PRLTrainer
 
-    def rollout_func(prompts, trainer):
-        tokenizer = trainer.processing_class
-        start = trainer.accelerator.process_index * len(prompts)
-        prompt_ids, completion_ids = [], []
-        for i, prompt in enumerate(prompts):
-            text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-            prompt_ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-            completion = TABLE[prompt[-1]["content"]][(start + i) % trainer.num_generations]
-            completion_ids.append(
-                tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            )
-        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
-
-    dataset = Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": q}], "solution": s} for q, s in SOLUTIONS.items()]
-    )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    args = GRPOConfig(
-        output_dir=os.path.join(out_dir, "trainer"),
-        per_device_train_batch_size=GLOBAL_BATCH // world_size,
-        num_generations=2,
-        max_completion_length=32,
-        max_steps=1,
-        learning_rate=1e-2,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-    )
-    trainer = GRPOTrainer(
+    common = {
+        "output_dir": os.path.join(out_dir, "trainer"),
+        "per_device_train_batch_size": GLOBAL_BATCH // world_size,
+        "num_generations": 2,
+        "max_completion_length": 32,
+        "max_steps": 1,
+        "learning_rate": 1e-2,
+        "bf16": False,
+        "use_cpu": True,
+        "report_to": "none",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "seed": 0,
+    }
+    if trainer_name == "prime":
+        cls, args = PRIMETrainer, PRIMEConfig(**common, update_mode="double", prm_learning_rate=LEARNING_RATE_PRM)
+        keys = ("advantages", "token_rewards", "completion_mask", "input_ids", "keep")
+    else:
+        cls, args = PRLTrainer, PRLConfig(**common, eta=2.0, num_iterations=2)  # the policy moves: old logps differ
+        keys = ("advantages", "grpo_advantages", "old_logps", "ref_logps", "step_ends", "completion_mask", "input_ids")
+    trainer = cls(
         model=model_path,
         reward_funcs=[accuracy_reward],
         args=args,
-        train_dataset=dataset,
-        rollout_func=rollout_func,
+        train_dataset=Dataset.from_list(math_rows(SOLUTIONS)),
+        rollout_func=scripted_rollout(TABLE),
     )
-    prm = ImplicitPRM(model_path, ref_model=model_path, tokenizer=trainer.processing_class, beta=0.05)
-    callback = PRIMECallback(trainer, prm, PRIMEConfig(update_mode="double", prm_learning_rate=LEARNING_RATE_PRM))
     trainer.train()
 
     rank = trainer.accelerator.process_index
-    keys = ("advantages", "token_rewards", "completion_mask", "input_ids", "keep")
-    torch.save({k: callback.last_batch[k].cpu() for k in keys}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({k: trainer.last_batch[k].cpu() for k in keys}, os.path.join(out_dir, f"rank{rank}.pt"))
     if rank == 0:
-        metrics = {k: v for entry in trainer.state.log_history for k, v in entry.items() if k.startswith("prime/")}
-        torch.save({"prm": prm.model.state_dict(), "metrics": metrics}, os.path.join(out_dir, "prm.pt"))
+        prefix = f"{trainer.metric_prefix}/"
+        metrics = {k: v for entry in trainer.state.log_history for k, v in entry.items() if k.startswith(prefix)}
+        prm = trainer.prm.model.state_dict() if trainer_name == "prime" else {}
+        torch.save({"prm": prm, "metrics": metrics}, os.path.join(out_dir, "prm.pt"))
 
 
-def launch(num_processes: int, model_path: str, out_dir) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def launch(num_processes: int, model_path: str, out_dir, trainer_name: str = "prime") -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
     command = [
         sys.executable,
         "-m",
@@ -109,6 +105,8 @@ def launch(num_processes: int, model_path: str, out_dir) -> None:
         model_path,
         "--out",
         str(out_dir),
+        "--trainer",
+        trainer_name,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"accelerate launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
@@ -170,5 +168,29 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--trainer", default="prime", choices=["prime", "prl"])
     cli = parser.parse_args()
-    worker(cli.model, cli.out)
+    worker(cli.model, cli.out, cli.trainer)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_prl_two_processes_give_the_same_advantages_as_one(causal_lm_path, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch(1, causal_lm_path, one, "prl")
+    launch(2, causal_lm_path, two, "prl")
+    mask_1, mask_2 = merged(one, 1, "completion_mask"), merged(two, 2, "completion_mask")
+    width = max(mask_1.shape[1], mask_2.shape[1])
+
+    def pad(x):
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+    assert torch.equal(pad(mask_1), pad(mask_2)) and mask_1.shape[0] == GLOBAL_BATCH
+    torch.testing.assert_close(merged(two, 2, "grpo_advantages"), merged(one, 1, "grpo_advantages"), atol=1e-6, rtol=0)
+    assert torch.equal(pad(merged(one, 1, "step_ends")), pad(merged(two, 2, "step_ends")))
+    mask = pad(mask_1)
+    for key in ("old_logps", "ref_logps"):  # beyond a completion, each process scores its own padding: compare within
+        torch.testing.assert_close(pad(merged(two, 2, key)) * mask, pad(merged(one, 1, key)) * mask, atol=1e-5, rtol=0)
+    advantages_1, advantages_2 = pad(merged(one, 1, "advantages")), pad(merged(two, 2, "advantages"))
+    assert advantages_1.abs().sum() > 0
+    torch.testing.assert_close(advantages_2, advantages_1, atol=1e-5, rtol=0)

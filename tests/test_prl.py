@@ -1,24 +1,20 @@
-"""PRLCallback on a real, unmodified GRPOTrainer (tiny Qwen2 on CPU, math-verify outcome reward).
+"""PRLTrainer, a real GRPOTrainer subclass, on a tiny Qwen2 on CPU with the math-verify outcome reward.
 
 Completions are scripted through GRPOTrainer's own `rollout_func` extension point, so that the outcome advantages are
 not all zero and the completions contain newlines at known places.
 """
 
-import os
-
 import pytest
 import torch
 from datasets import Dataset
+from grpo_helpers import CPU_GRPO, logged, math_rows, scripted_rollout
 from trl import GRPOConfig, GRPOTrainer
 from trl.rewards import accuracy_reward
 
-from trl_erprm.implicit_prm import ImplicitPRM
-from trl_erprm.prime import PRIMECallback
-from trl_erprm.prl import PRLCallback, PRLConfig, separator_token_ids
+from trl_erprm.grpo import PRLConfig, PRLTrainer
+from trl_erprm.steps import separator_token_ids
 from trl_erprm.tiny import build_tiny_model
 
-
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 TABLE = {
     "What is 2 + 2?": [
@@ -30,50 +26,16 @@ TABLE = {
 SOLUTIONS = {"What is 2 + 2?": "$4$", "What is 3 * 3?": "$9$"}
 
 
-def scripted_rollout(table):
-    """A GRPOTrainer `rollout_func` returning `table[prompt][j]` for the `j`-th completion of a prompt's group."""
-
-    def rollout_func(prompts, trainer):
-        tokenizer = trainer.processing_class
-        start = trainer.accelerator.process_index * len(prompts)
-        prompt_ids, completion_ids = [], []
-        for i, prompt in enumerate(prompts):
-            text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-            prompt_ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-            completion = table[prompt[-1]["content"]][(start + i) % trainer.num_generations]
-            completion_ids.append(
-                tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            )
-        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
-
-    return rollout_func
+def prl_config(tmp_path, **overrides):
+    return PRLConfig(**{**CPU_GRPO, "output_dir": str(tmp_path / "out"), "max_completion_length": 64, **overrides})
 
 
 def prl_trainer(model_path, tmp_path, **overrides):
-    dataset = Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": q}], "solution": s} for q, s in SOLUTIONS.items()]
-    )
-    config = {
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 4,
-        "num_generations": 2,
-        "max_completion_length": 64,
-        "max_steps": 1,
-        "learning_rate": 1e-2,
-        "beta": 1e-3,
-        "bf16": False,
-        "use_cpu": True,
-        "report_to": "none",
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "seed": 0,
-    }
-    config.update(overrides)
-    return GRPOTrainer(
+    return PRLTrainer(
         model=model_path,
         reward_funcs=[accuracy_reward],
-        args=GRPOConfig(**config),
-        train_dataset=dataset,
+        args=prl_config(tmp_path, **overrides),
+        train_dataset=Dataset.from_list(math_rows(SOLUTIONS)),
         rollout_func=scripted_rollout(TABLE),
     )
 
@@ -84,6 +46,12 @@ def bos_lm_path(bos_tokenizer, tmp_path_factory):
     path = tmp_path_factory.mktemp("bos_lm")
     build_tiny_model(bos_tokenizer, save_dir=path, seed=1)
     return str(path)
+
+
+def test_prl_trainer_is_a_grpo_trainer():
+    assert issubclass(PRLTrainer, GRPOTrainer) and issubclass(PRLConfig, GRPOConfig)
+    assert PRLTrainer._name == "PRL" and PRLTrainer._paper["id"] == "2601.10201"
+    assert "prl" in PRLTrainer._tag_names
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -99,16 +67,18 @@ def bos_lm_path(bos_tokenizer, tmp_path_factory):
         ({"step_separator": None, "step_len": None}, "step_separator"),
         ({"step_separator": ""}, "step_separator"),
         ({"step_len": 0}, "step_len"),
+        ({"beta": 0.0}, "beta"),
     ],
 )
-def test_prl_config_rejects_bad_values(kwargs, match):
+def test_prl_config_rejects_bad_values(kwargs, match, tmp_path):
     with pytest.raises(ValueError, match=match):
-        PRLConfig(**kwargs)
+        prl_config(tmp_path, **kwargs)
 
 
-def test_prl_config_accepts_eta_names():
-    assert PRLConfig(eta="hard").eta == float("inf")
-    assert PRLConfig(eta=150).eta == 150.0
+def test_prl_config_accepts_eta_names_and_defaults_to_a_small_beta(tmp_path):
+    assert prl_config(tmp_path, eta="hard").eta == float("inf")
+    assert prl_config(tmp_path, eta=150).eta == 150.0
+    assert prl_config(tmp_path).beta == 1e-3
 
 
 def test_separator_token_ids_avoid_the_bos_pitfall(bos_tokenizer):
@@ -130,28 +100,13 @@ def test_separator_token_ids_of_an_absent_separator_is_empty(tokenizer):
         separator_token_ids(tokenizer, "")
 
 
-def test_prl_callback_construction_errors(causal_lm_path, tmp_path):
-    trainer = prl_trainer(causal_lm_path, tmp_path, beta=0.0)
-    with pytest.raises(ValueError, match="beta"):
-        PRLCallback(trainer)
-    trainer = prl_trainer(causal_lm_path, tmp_path)
+def test_prl_trainer_construction_errors(causal_lm_path, tmp_path):
+    with pytest.raises(TypeError, match="PRLConfig"):
+        PRLTrainer(model=causal_lm_path, reward_funcs=[accuracy_reward], args=GRPOConfig(**CPU_GRPO, beta=1e-3))
     with pytest.raises(ValueError, match="No token"):
-        PRLCallback(trainer, PRLConfig(step_separator="\u00a7"))
-    with pytest.raises(TypeError, match="GRPOTrainer"):
-        PRLCallback(object())
-
-    # nothing above was attached; one callback attaches, and a second one, PRL or PRIME, is refused
-    callback = PRLCallback(trainer)
-    assert "_generate_and_score_completions" in vars(trainer) and callback in trainer.callback_handler.callbacks
-    with pytest.raises(ValueError, match="already has a PRLCallback"):
-        PRLCallback(trainer)
-    prm = ImplicitPRM(causal_lm_path, ref_model=None, tokenizer=trainer.processing_class)
-    with pytest.raises(ValueError, match="already has a PRLCallback"):
-        PRIMECallback(trainer, prm)
-    callback.remove()
-    assert "_generate_and_score_completions" not in vars(trainer) and "_calculate_rewards" not in vars(trainer)
-    assert callback not in trainer.callback_handler.callbacks
-    PRIMECallback(trainer, prm).remove()  # the trainer is free again
+        prl_trainer(causal_lm_path, tmp_path, step_separator="\u00a7")
+    with pytest.raises(ValueError, match="tool calling"):
+        PRLTrainer(model=causal_lm_path, reward_funcs=[accuracy_reward], args=prl_config(tmp_path), tools=[len])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -175,13 +130,12 @@ def check_prl_batch(batch, eta, expected_ends):
 
 @pytest.mark.slow
 def test_prl_run_with_a_bos_tokenizer_splits_at_newlines(bos_lm_path, bos_tokenizer, tmp_path):
-    trainer = prl_trainer(bos_lm_path, tmp_path, max_steps=2)
-    callback = PRLCallback(trainer, PRLConfig(eta=2.0))
+    trainer = prl_trainer(bos_lm_path, tmp_path, max_steps=2, eta=2.0)
     policy_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
 
     assert any(not torch.equal(policy_before[k], v) for k, v in trainer.model.state_dict().items())
-    batch = callback.last_batch
+    batch = trainer.last_batch
     ids, mask = batch["completion_ids"], batch["completion_mask"]
     newline = torch.tensor([["\n" in bos_tokenizer.decode([int(i)]) for i in row] for row in ids])
     last = torch.zeros_like(newline)
@@ -192,17 +146,16 @@ def test_prl_run_with_a_bos_tokenizer_splits_at_newlines(bos_lm_path, bos_tokeni
     # after one policy update the policy differs from the reference: the KL correction is not zero
     assert (batch["old_logps"] - batch["ref_logps"])[mask.bool()].abs().max() > 0
     for key in ("prl/kl_to_go/mean", "prl/steps_per_completion", "prl/advantages/mean", "prl/advantages/std"):
-        values = [entry[key] for entry in trainer.state.log_history if key in entry]
+        values = logged(trainer, key)
         assert len(values) == 2 and all(torch.isfinite(torch.tensor(values))), key
 
 
 @pytest.mark.slow
 def test_prl_run_with_fixed_step_length(causal_lm_path, tmp_path):
-    trainer = prl_trainer(causal_lm_path, tmp_path)
-    callback = PRLCallback(trainer, PRLConfig(eta=150.0, step_separator=None, step_len=3))
+    trainer = prl_trainer(causal_lm_path, tmp_path, eta=150.0, step_separator=None, step_len=3)
     trainer.train()
 
-    batch = callback.last_batch
+    batch = trainer.last_batch
     mask = batch["completion_mask"]
     positions = torch.arange(mask.shape[1]).expand_as(mask)
     last = positions == (mask.sum(-1, keepdim=True) - 1)

@@ -24,8 +24,7 @@ _import_structure = {
     "labeling.grading": ["GradeResult", "MathVerifyGrader"],
     "labeling.labeler": ["ERPRMLabeler"],
     "labeling.labeler_config": ["ERPRMLabelerConfig"],
-    "prime": ["PRIMECallback", "PRIMEConfig"],
-    "prl": ["PRLCallback", "PRLConfig"],
+    "grpo": ["PRIMEConfig", "PRIMETrainer", "PRLConfig", "PRLTrainer"],
     "prm": ["TRL_HAS_PRM", "PRMConfig", "PRMTrainer"],
     "steps": ["STEP_SPLITTERS", "StepFormat", "separator_token_ids", "split_steps"],
 }
@@ -36,14 +35,13 @@ if TYPE_CHECKING:
     from .erprm_config import ERPRMConfig
     from .erprm_trainer import ERPRMTrainer, compute_soft_metrics
     from .functional import ETA_ALIASES, STEP_AGGREGATIONS, aggregate_steps, er_label, resolve_eta
+    from .grpo import PRIMEConfig, PRIMETrainer, PRLConfig, PRLTrainer
     from .implicit_prm import ImplicitPRM
     from .implicit_prm_config import ImplicitPRMConfig
     from .implicit_prm_trainer import ImplicitPRMTrainer
     from .labeling.grading import GradeResult, MathVerifyGrader
     from .labeling.labeler import ERPRMLabeler
     from .labeling.labeler_config import ERPRMLabelerConfig
-    from .prime import PRIMECallback, PRIMEConfig
-    from .prl import PRLCallback, PRLConfig
     from .prm import TRL_HAS_PRM, PRMConfig, PRMTrainer
     from .steps import STEP_SPLITTERS, StepFormat, separator_token_ids, split_steps
 else:

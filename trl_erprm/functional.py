@@ -1,6 +1,6 @@
 """The math of trl-erprm, as small pure functions on tensors.
 
-No I/O, no models: trainers, the labeler, the implicit PRM, the PRIME/PRL callbacks and evaluation all call these
+No I/O, no models: trainers, the labeler, the implicit PRM, the PRIME/PRL trainers and evaluation all call these
 functions, so that every formula is written exactly once. Shapes are given in each docstring; `B` is the batch size,
 `T` the sequence (completion) length, `S` the number of steps and `N` the number of rollouts per step.
 
@@ -468,6 +468,46 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -
     return (values - mean) / (var.sqrt() + eps) * m
 
 
+def last_token_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Mark the last position where `mask` is 1 in each row (nothing in a row with no valid position).
+
+    Args:
+        mask (`torch.Tensor`):
+            Completion (loss) mask of shape `(B, T)`; it may have holes (e.g. tool-output tokens).
+
+    Returns:
+        `torch.Tensor`: Float tensor of shape `(B, T)` with one 1 per non-empty row.
+    """
+    m = mask.bool()
+    positions = torch.arange(1, m.shape[1] + 1, device=m.device).expand_as(m)
+    last = torch.where(m, positions, 0).argmax(-1)
+    out = torch.zeros(m.shape, dtype=torch.float32, device=m.device)
+    rows = m.any(-1).nonzero().squeeze(-1)
+    out[rows, last[rows]] = 1.0
+    return out
+
+
+def weighted_outcome(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine the rewards of several reward functions into one outcome per completion, as GRPOTrainer does.
+
+    A function that returned `None` for a completion gives NaN, which is left out of the weighted sum; a completion
+    every function returned `None` for is *unscorable*: its outcome is 0 and it is flagged.
+
+    Args:
+        rewards_per_func (`torch.Tensor`):
+            Shape `(B, F)`, NaN where a reward function returned `None`.
+        weights (`torch.Tensor`):
+            Shape `(F,)`: the weight of each function.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: The outcomes `(B,)` (float32) and the unscorable flags `(B,)` (bool).
+    """
+    rewards = rewards_per_func.float()
+    unscorable = torch.isnan(rewards).all(dim=1)
+    outcome = (rewards * weights.to(rewards.device, torch.float32).unsqueeze(0)).nansum(dim=1)
+    return torch.where(unscorable, 0.0, outcome), unscorable
+
+
 def prime_advantages(
     outcome_rewards: torch.Tensor,
     token_rewards: torch.Tensor,
@@ -479,14 +519,20 @@ def prime_advantages(
     baseline: str = "paper",
     whiten: bool = True,
 ) -> torch.Tensor:
-    r"""PRIME advantages (Algorithm 1 of arXiv:2502.01456): leave-one-out baselines for outcome and process rewards.
+    r"""PRIME advantages (arXiv:2502.01456): leave-one-out baselines for outcome and process rewards.
 
+    `baseline="paper"` is Algorithm 1 of the paper, the outcome term undiscounted:
     `A_i^t = [o_i - mean_{j != i} o_j] + sum_{s >= t} gamma^(s - t) [r(y_i^s) - mean_{j != i} (r(y_j) / |y_j|)]`,
     where `r(y_j) / |y_j|` is the mean per-token process reward of sample `j`; then whitened over the batch.
 
-    With `baseline="reference"` the process term is the one of the reference implementation, which adds a small self
-    term: `r_t * K / (K - 1) - sum_{j in group} (r(y_j) / |y_j|) / (K - 1)`
-    `= [r_t - mean_{j != i} (r(y_j)/|y_j|)] + (r_t - r(y_i)/|y_i|) / (K - 1)`.
+    `baseline="reference"` is `compute_rloo_returns` of the PRIME reference code (PRIME-RL/PRIME,
+    `verl/trainer/ppo/core_algos.py`) with its two discounts `reward_model_gamma` and `verifier_gamma` both equal
+    to `gamma`. Its process term has a small self term,
+    `r_t * K / (K - 1) - sum_{j in group} (r(y_j) / |y_j|) / (K - 1)`
+    `= [r_t - mean_{j != i} (r(y_j)/|y_j|)] + (r_t - r(y_i)/|y_i|) / (K - 1)`,
+    and the outcome advantage `o_i - mean_{j != i} o_j` is a reward on the last valid token, so the return discounts
+    it too: `gamma^(last - t) [o_i - mean_{j != i} o_j]`. With `gamma = 1` both baselines give the same outcome term
+    and the same advantage at the first token (the self term sums to zero over a completion).
 
     Args:
         outcome_rewards (`torch.Tensor`):
@@ -498,13 +544,14 @@ def prime_advantages(
         group_size (`int`):
             Samples per prompt `K >= 2`.
         gamma (`float`, *optional*, defaults to `1.0`):
-            Discount of the process return.
+            Discount of the return, in (0, 1]: of the process term only (`"paper"`), or of both terms
+            (`"reference"`).
         process_coef (`float`, *optional*, defaults to `1.0`):
             Weight of the process term.
         outcome_coef (`float`, *optional*, defaults to `1.0`):
             Weight of the outcome term.
         baseline (`str`, *optional*, defaults to `"paper"`):
-            `"paper"` (pure leave-one-out) or `"reference"` (the reference code's variant, see above).
+            `"paper"` (Algorithm 1) or `"reference"` (the reference code, see above).
         whiten (`bool`, *optional*, defaults to `True`):
             Whether to whiten the advantages over all valid tokens of the batch.
 
@@ -516,16 +563,20 @@ def prime_advantages(
     m = mask.to(token_rewards.dtype)
     lengths = m.sum(-1).clamp(min=1.0)
     per_token_mean = (token_rewards * m).sum(-1) / lengths  # r(y_j) / |y_j|, (B,)
+    outcome = outcome_rewards.to(token_rewards.dtype)
+    outcome_adv = outcome - leave_one_out_baseline(outcome, group_size)
     if baseline == "paper":
         process = token_rewards - leave_one_out_baseline(per_token_mean, group_size).unsqueeze(-1)
+        advantages = outcome_coef * outcome_adv.unsqueeze(-1) * m + process_coef * discounted_returns(
+            process, m, gamma
+        )
     elif baseline == "reference":
         group_sum = _grouped(per_token_mean, group_size).sum(1, keepdim=True).expand(-1, group_size).reshape(-1)
         process = token_rewards * group_size / (group_size - 1) - (group_sum / (group_size - 1)).unsqueeze(-1)
+        outcome_at_end = outcome_adv.unsqueeze(-1) * last_token_mask(m).to(token_rewards.dtype)
+        advantages = discounted_returns(outcome_coef * outcome_at_end + process_coef * process, m, gamma)
     else:
         raise ValueError(f"baseline must be 'paper' or 'reference', got {baseline!r}.")
-    outcome = outcome_rewards.to(token_rewards.dtype)
-    outcome_adv = outcome - leave_one_out_baseline(outcome, group_size)
-    advantages = outcome_coef * outcome_adv.unsqueeze(-1) * m + process_coef * discounted_returns(process, m, gamma)
     return masked_whiten(advantages, m) if whiten else advantages * m
 
 

@@ -17,7 +17,7 @@ the embedded arithmetic task, where the truth of every step is known:
    and pass@N, over random candidate subsets (mean and standard deviation over `num_subset_draws` draws); and the
    ProcessBench-style step F1 of every PRM against the checker's first wrong step, at threshold 0.5 and at the
    threshold that is best on the PRMs' (labelled) training rows;
-8. a short GRPO run with and without [`~trl_erprm.prime.PRIMECallback`] from the same start, seed and number of steps,
+8. a short GRPO run with [`~trl.GRPOTrainer`] and with [`~trl_erprm.grpo.PRIMETrainer`] from the same start, seed and number of steps,
    then the accuracy of both policies on the held-out problems.
 
 It prints the tables and writes `results.json`, `table.md`, `bon_accuracy_vs_n.png` and `grpo_vs_prime.png` to
@@ -577,7 +577,11 @@ def _grpo(config, policy_path: str, dataset, use_prime: bool, seed: int, out: Pa
     """One GRPO run from the policy, optionally with PRIME; returns the trained policy, its tokenizer, its step log."""
     from trl import GRPOConfig, GRPOTrainer
 
-    args = GRPOConfig(
+    from ..grpo import PRIMEConfig, PRIMETrainer
+
+    config_class, trainer_class = (PRIMEConfig, PRIMETrainer) if use_prime else (GRPOConfig, GRPOTrainer)
+    prime = {"prm_beta": config.prime_beta, "prm_learning_rate": config.prime_learning_rate} if use_prime else {}
+    args = config_class(
         **_trainer_args(str(out / "grpo" / f"{'prime' if use_prime else 'grpo'}-{seed}"), seed),
         max_steps=config.grpo_steps,
         per_device_train_batch_size=config.grpo_prompts_per_step * config.grpo_num_generations,
@@ -587,18 +591,12 @@ def _grpo(config, policy_path: str, dataset, use_prime: bool, seed: int, out: Pa
         beta=0.0,
         learning_rate=config.grpo_learning_rate,
         logging_steps=1,
+        **prime,
     )
     with _quiet_transformers():
-        trainer = GRPOTrainer(model=policy_path, reward_funcs=[task_answer_reward], args=args, train_dataset=dataset)
+        trainer = trainer_class(model=policy_path, reward_funcs=[task_answer_reward], args=args, train_dataset=dataset)
     keys = (REWARD_KEY, "prime/kept_fraction", "prime/prm_loss", "prime/prm_accuracy_before")
     _compact_progress(trainer, keys[:2])
-    if use_prime:
-        from ..implicit_prm import ImplicitPRM
-        from ..prime import PRIMECallback, PRIMEConfig
-
-        tokenizer = trainer.processing_class
-        prm = ImplicitPRM(policy_path, ref_model=policy_path, tokenizer=tokenizer, beta=config.prime_beta)
-        PRIMECallback(trainer, prm, PRIMEConfig(prm_learning_rate=config.prime_learning_rate))
     with _quiet_transformers():
         trainer.train()
     log = [{k: h[k] for k in keys if k in h} for h in trainer.state.log_history if keys[0] in h]
