@@ -376,6 +376,30 @@ def test_a_timeout_is_kept_apart_from_a_wrong_answer():
         assert stats["cache_size"] == 2  # the timeout is not cached
 
 
+def test_a_forked_child_grades_with_its_own_workers_and_leaves_the_parents_alone(short_grader):
+    short_grader.grade(["\\boxed{1}"], ["1"])
+    parent_pids = [w.process.pid for w in short_grader._workers]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: grade, close, report, and leave without running any cleanup of the parent's objects
+        try:
+            status = short_grader.grade(["The answer is 5"], ["5"])[0].status
+            own = all(w.process.pid not in parent_pids for w in short_grader._workers)
+            short_grader.close()
+            os.write(write_end, b"1" if status == "correct" and own else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read_end, 1) == b"1"
+    os.close(read_end)
+    os.close(write_end)
+    # The parent's next request goes down the same pipes after anything the child sent: had the child told the
+    # parent's workers to stop, they would be gone now and replaced.
+    assert short_grader.grade(["\\boxed{2}", "\\boxed{3}"], ["2", "3"])[0].status == "correct"
+    assert [w.process.pid for w in short_grader._workers] == parent_pids
+    assert all(w.process.poll() is None for w in short_grader._workers)
+
+
 def test_start_launches_workers_in_the_background():
     g = MathVerifyGrader(num_workers=2)
     g.start()  # returns at once: the workers import math-verify while the caller does other work

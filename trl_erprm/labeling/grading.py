@@ -195,6 +195,7 @@ class MathVerifyGrader:
         self.cache = bool(cache)
         self._cache: dict[tuple[str, str], str] = {}
         self._workers: list[_Worker] = []
+        self._owner = os.getpid()  # a forked child must not talk to (or kill) its parent's workers
         self._stats: Counter = Counter()
         self._lock = threading.RLock()
 
@@ -205,6 +206,7 @@ class MathVerifyGrader:
         while the caller does other work (e.g. loads a model). Idempotent.
         """
         with self._lock:
+            self._forget_workers_of_parent()
             while len(self._workers) < self.num_workers:
                 self._workers.append(_Worker())
 
@@ -253,6 +255,7 @@ class MathVerifyGrader:
     def close(self) -> None:
         """Stop the worker processes (they are restarted by the next call to `grade`)."""
         with self._lock:
+            self._forget_workers_of_parent()
             for worker in self._workers:
                 try:
                     worker.send(None)
@@ -279,6 +282,11 @@ class MathVerifyGrader:
             pass
 
     # -- grading under the lock ----------------------------------------------------------------------------------
+
+    def _forget_workers_of_parent(self) -> None:
+        """In a process forked after the workers started, drop them (they belong to the parent) and start afresh."""
+        if self._owner != os.getpid():
+            self._workers, self._owner = [], os.getpid()
 
     def _grade_locked(self, answers: list[str | None], golds: list) -> list[str]:
         statuses: list[str | None] = [None] * len(answers)
