@@ -387,13 +387,15 @@ def test_most_rollouts_without_an_answer_warn_with_the_share_and_the_fix(tokeniz
     ]
     backend = ScriptedBackend(tokenizer, {"": ["Let me think about it some more", "The answer is 9999", "Hmm"]})
     labeler = ERPRMLabeler(
-        backend=backend, tokenizer=tokenizer, grader=grader, output_dir=str(tmp_path), num_rollouts=3
+        backend=backend, tokenizer=tokenizer, grader=grader, output_dir=str(tmp_path), num_rollouts=24, batch_size=1
     )
     with caplog.at_level(logging.WARNING, logger="trl_erprm"):
         dataset = labeler.label(rows)
-    assert set(dataset["status"]) == {"ok"} and labeler.summary["num_no_answer_rollouts"] == 6
+    assert set(dataset["status"]) == {"ok"} and labeler.summary["num_no_answer_rollouts"] == 48
     warnings = [r.getMessage() for r in caplog.records if "no final answer the grader can read" in r.getMessage()]
-    assert warnings and "6 of 9 rollouts (67%)" in warnings[-1]
+    # Once as soon as 64 rollouts are graded (after the third row), once in the summary.
+    assert len(warnings) == 2 and warnings[0].endswith("(so far; the job goes on)")
+    assert "48 of 72 rollouts (67%)" in warnings[-1]
     assert "user_instruction" in warnings[-1] and "max_new_tokens" in warnings[-1]
 
 

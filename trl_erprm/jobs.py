@@ -408,7 +408,8 @@ class JobStore:
                 )
         with folder_errors(self.root, "create the job folder"):
             self.root.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        if self._lock_file is None:  # opening again (to re-read the records) keeps the lock already held
+            self._lock()
         try:
             if self.rank == 0:
                 self._prepare(manifest_path)

@@ -699,8 +699,8 @@ class ERPRMLabeler:
     def _watch_answers(self, records: list[dict]) -> None:
         """Warn once, as soon as it shows, when most rollouts have no final answer the grader can read."""
         for record in records:
-            graded = record["num_rollouts"] - record["num_grading_failures"]
-            self._graded_rollouts += graded if record["status"] != "no_text" else 0
+            # (A row whose full solution failed grading has one failure and no rollout.)
+            self._graded_rollouts += max(0, record["num_rollouts"] - record["num_grading_failures"])
             self._no_answer_rollouts += record["num_no_answer_rollouts"]
         if not self._warned_no_answer and self._graded_rollouts >= _NO_ANSWER_MIN_ROLLOUTS:
             message = self._no_answer_warning(self._no_answer_rollouts, self._graded_rollouts)
@@ -790,7 +790,7 @@ class ERPRMLabeler:
                 "limit: they are left out of their steps' outcomes (not counted as wrong). Raise grading_timeout or "
                 "grading_num_workers if the machine is loaded."
             )
-        graded = summary["num_rollouts"] - summary["num_grading_failures"]
+        graded = max(0, summary["num_rollouts"] - summary["num_grading_failures"])
         warning = self._no_answer_warning(summary["num_no_answer_rollouts"], graded)
         if warning:
             logger.warning(warning + ".")
