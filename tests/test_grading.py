@@ -117,6 +117,12 @@ SURVEY = [
     ("First \\boxed{3}. Wait, I made an error: the answer is 4.", "4", "correct"),
     ("The answer is 3. Double-checking: \\boxed{4}", "3", "incorrect"),
     ("The answer is 8, 3, 1.", "8, 3, 1", "correct"),
+    (
+        "So $17^{-1}\\equiv \\boxed{44}$.\n\nWe may check our answer: 17*44 = 748, so our answer is correct.",
+        "44",
+        "correct",
+    ),
+    ("The answer is 5. Checking: 2 + 3 = 5, yes, the answer is indeed correct.", "5", "correct"),
     ("I think it is 5 but I am not sure.", "5", "no_answer"),
     ("The answer is", "5", "no_answer"),
     ("", "5", "no_answer"),

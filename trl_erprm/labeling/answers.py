@@ -20,7 +20,8 @@ Forms recognised (a survey of common generators and datasets), the LAST stated a
 After a phrase, the answer is cleaned: a leading `:`, markdown bold/italic (`**73**`), a `$...$`, `$$...$$`,
 `\\(...\\)` or `\\[...\\]` wrapper and a currency `\\$` are removed; a number followed by words or a trailing explanation
 keeps the number only ("42, since 6*7=42." gives `42`, "18 dollars" gives `18`, "1,000." gives `1,000`); other text
-ends at the end of its sentence or line ("x = 5. I hope it is correct." gives `x = 5`).
+ends at the end of its sentence or line ("x = 5. I hope it is correct." gives `x = 5`). A phrase that checks an
+answer rather than stating one ("so our answer is correct") gives way to the previous answer.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ _NUMBER_RE = re.compile(r"[-+\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[ \t
 # A comma followed by more math ("1, 2") is a list, kept whole.
 _AFTER_NUMBER_RE = re.compile(r"(?:$|[.;!?](?:\s|$)|,[ \t]*[A-Za-z]|[ \t]+[A-Za-z])")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|,[ \t]+(?:since|because|as|which|so|where)\b|[ \t]+(?:since|because)\b")
+# "...so our answer is correct." checks an answer, it does not state one: such a phrase gives way to the previous one.
+_VERDICT_RE = re.compile(r"(?:indeed[ \t]+)?(?:correct|incorrect|right|wrong|verified|confirmed|consistent)\b", re.I)
 _WRAPPERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"), ("**", "**"), ("__", "__"), ("*", "*"))
 
 
@@ -110,6 +113,8 @@ def _clean_phrase_tail(tail: str) -> str | None:
     tail = tail.lstrip(" \t:").lstrip()
     if tail.startswith(("\\boxed", "\\fbox")):
         return None  # the boxed candidate at this very place is read instead
+    if _VERDICT_RE.match(tail):
+        return None
     if tail.startswith(("$", "\\(", "\\[", "**", "__")) and not tail.startswith("\\$"):
         answer = _unwrap(tail)
         # An unwrapped span may still carry a number and an explanation ("**42, since ...**").
