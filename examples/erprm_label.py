@@ -56,7 +56,7 @@ def main(script_args: LabelScriptArguments, config: ERPRMLabelerConfig) -> None:
             print(f"first labelled row: labels={[round(v, 3) for v in ok[0]['labels']]}")
 
 
-if __name__ == "__main__":  # required: the grader's worker processes re-import the main module
+if __name__ == "__main__":
     parser = TrlParser((LabelScriptArguments, ERPRMLabelerConfig))
     script_args, config = parser.parse_args_and_config()
     main(script_args, config)

@@ -1,6 +1,7 @@
 """Best-of-N runs: crafted datasets with known answers, an end-to-end run with tiny local models, resumption."""
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -79,6 +80,58 @@ def test_candidates_are_graded_and_unparsable_golds_are_left_out(tmp_path):
     assert curves["bon_min"][3]["mean"] == 0.0 and curves["majority"][3]["mean"] == 1.0
     assert curves["weighted_majority_min"][3]["mean"] == 0.0 and curves["pass@n"][3]["mean"] == 1.0
     assert "plot" not in report["files"]
+
+
+def test_a_grading_timeout_is_not_a_wrong_answer(tmp_path, caplog):
+    """A candidate whose grading timed out (twice: the grader retries with a longer limit) leaves its problem's
+    accuracy unknown: the problem is left out and counted, with a warning, instead of scoring a wrong answer."""
+    rows = [
+        {
+            "prompt": "P1",
+            "gold_answer": "1",
+            "completions": ["\\boxed{9^{9^{9^{9^{9}}}}}", "\\boxed{2}"],
+            "s": [[0.9], [0.1]],
+        },
+        {"prompt": "P2", "gold_answer": "7", "completions": ["so \\boxed{7}", "The answer is 8"], "s": [[0.9], [0.1]]},
+    ]
+    args = BestOfNArguments(
+        dataset_name=_write_jsonl(tmp_path / "d.jsonl", rows),
+        dataset_split="train",
+        scores_column="s",
+        aggregations=["min"],
+        grading_timeout=0.5,
+        output_dir=str(tmp_path / "out"),
+        plot=False,
+    )
+    with caplog.at_level(logging.WARNING, logger="trl_erprm"):
+        report = run_best_of_n(args)
+    assert report["grading"] == {"timeout": 1, "incorrect": 2, "correct": 1}
+    assert report["bad_input"]["problems_with_grading_timeouts"] == 1 and report["bad_input"]["grading_timeouts"] == 1
+    assert report["num_problems"] == 1 and report["curves"]["bon_min"][2]["mean"] == 1.0  # P2 only
+    assert "1 problem(s) have a candidate whose grading timed out" in caplog.text
+
+
+def test_a_resumed_run_says_so_and_a_held_folder_is_refused(tmp_path, caplog):
+    from trl_erprm import jobs
+    from trl_erprm.evaluation.bon import _load_rows, open_store
+
+    args = BestOfNArguments(
+        dataset_name=_write_jsonl(tmp_path / "d.jsonl", CRAFTED),
+        dataset_split="train",
+        answers_column="answers",
+        correctness_column="correct",
+        scores_column="scores",
+        output_dir=str(tmp_path / "out"),
+        plot=False,
+    )
+    run_best_of_n(args)
+    with caplog.at_level(logging.INFO, logger="trl_erprm"):
+        run_best_of_n(args)
+    assert f"Resuming {tmp_path / 'out'}: 4 of 4 problems done." in caplog.text
+    with open_store(args, _load_rows(args)) as holder:  # the same run, started twice
+        holder.open()
+        with pytest.raises(jobs.JobLockedError, match="is in use by another job"):
+            run_best_of_n(args)
 
 
 def test_gold_answer_text():

@@ -1,4 +1,5 @@
-"""Sandboxed math-verify grading: extraction, verdicts, equivalences, hostile inputs, the cache and real data."""
+"""Sandboxed math-verify grading: extraction (the forms models write, bounded work), verdicts, equivalences, hostile
+inputs, timeouts and their retry, sharing one grader between threads, light workers, the cache and real data."""
 
 import ast
 import json
@@ -6,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -14,7 +16,10 @@ import pytest
 from trl_erprm.labeling.grading import GRADE_STATUSES, GradeResult, MathVerifyGrader, extract_final_answer
 
 
-GRADING_FILE = Path(__file__).resolve().parents[1] / "trl_erprm" / "labeling" / "grading.py"
+REPO = Path(__file__).resolve().parents[1]
+LABELING = REPO / "trl_erprm" / "labeling"
+GRADING_FILE = LABELING / "grading.py"
+WORKER_FILE = LABELING / "_grading_worker.py"
 
 
 @pytest.fixture(scope="module")
@@ -51,57 +56,157 @@ def short_grader():
         ("no final answer here", None),
         ("The answer is", None),
         (None, None),
+        # The survey of final-answer forms (see trl_erprm/labeling/answers.py), the last stated answer winning.
+        ("The answer is **73**.", "73"),
+        ("The answer is 42, since 6*7=42.", "42"),
+        ("That means a pencil costs 29 cents.\n\n# Answer\n\n29", "29"),
+        ("# Answer\n\n8, 3, 1", "8, 3, 1"),
+        ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
+        ("Janet sells 16 - 3 - 4 = 9 eggs.\n#### 18", "18"),
+        ("#### 1,000", "1,000"),
+        ("**Answer:** 12", "12"),
+        ("**Final Answer**: x = 5", "x = 5"),
+        ("Answer: (B)", "(B)"),
+        ("The answer is \\(\\sqrt{2}\\).", "\\sqrt{2}"),
+        ("The answer is:\n\n$$\n\\frac{1}{2}\n$$", "\\frac{1}{2}"),
+        ("The correct answer is **$-3$**.", "-3"),
+        ("The answer is 1, 2", "1, 2"),
+        ("The answer is 2x + 3.", "2x + 3"),
+        ("The answer is x = 5. I hope it is correct.", "x = 5"),
+        ("The final answer is: $\\boxed{5}$", "5"),
+        ("The answer is 5.\n\n#### Verification\nall good", "5"),  # a markdown heading is not GSM8K's ####
+        ("First \\boxed{3}. Wait, I made an error: the answer is 4.", "4"),
+        ("The answer is 3. Double-checking: \\boxed{4}", "4"),
     ],
 )
 def test_extract_final_answer(text, expected):
     assert extract_final_answer(text) == expected
 
 
-def test_grading_module_never_imports_math_verify_in_the_calling_process():
-    """math_verify is imported only inside `_worker_main`, the function that runs in worker processes."""
-    tree = ast.parse(GRADING_FILE.read_text())
-    importers = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef):
-            for inner in ast.walk(node):
-                if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith(("math_verify", "sympy")):
-                    importers.append(node.name)
-    top_level = [
-        n
-        for n in tree.body
-        if isinstance(n, (ast.Import, ast.ImportFrom))
-        and any(a.name.startswith(("math_verify", "sympy")) for a in n.names)
-        or (isinstance(n, ast.ImportFrom) and (n.module or "").startswith(("math_verify", "sympy")))
-    ]
-    assert importers == ["_worker_main"] and top_level == []
+# (completion, gold, expected status): the forms common generators and datasets write, graded end to end.
+SURVEY = [
+    ("So the answer is \\boxed{73}.", "73", "correct"),
+    ("Thus $\\boxed{\\dfrac{1}{2}}$", "\\frac{1}{2}", "correct"),
+    ("\\fbox{12}", "12", "correct"),
+    ("The answer is **73**.", "73", "correct"),
+    ("The answer is **72**.", "73", "incorrect"),
+    ("The answer is 42, since 6*7=42.", "42", "correct"),
+    ("The answer is 41, since 6*7=41.", "42", "incorrect"),
+    ("That means a pencil costs 29 cents.\n\n# Answer\n\n29", "29", "correct"),
+    ("Right. So the number of boys is 9.\n\n# Answer\n\n17", "17", "correct"),
+    ("# Answer\n\n16", "17", "incorrect"),
+    ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "0.75", "correct"),
+    ("Final Answer: The final answer is $5$. I hope it is correct.", "6", "incorrect"),
+    ("The final answer is $\\boxed{8}$", "8", "correct"),
+    ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72", "correct"),
+    ("#### 1,000", "1000", "correct"),
+    ("The answer is 1,000.", "1000", "correct"),
+    ("The answer is 18 dollars.", "18", "correct"),
+    ("The answer is \\$1,250.", "1250", "correct"),
+    ("The answer is 10%.", "10", "correct"),
+    ("The answer is $\\frac{3}{4}$.", "\\frac{3}{4}", "correct"),
+    ("The answer is \\(\\sqrt{2}\\).", "\\sqrt{2}", "correct"),
+    ("The answer is:\n\n$$\n\\frac{1}{2}\n$$", "0.5", "correct"),
+    ("The correct answer is **$-3$**.", "-3", "correct"),
+    ("**Answer:** 12", "12", "correct"),
+    ("**Final Answer**: x = 5", "5", "correct"),
+    ("Answer: 7", "7", "correct"),
+    ("The answer is 3.5.", "\\frac{7}{2}", "correct"),
+    ("The answer is x = 5. I hope it is correct.", "5", "correct"),
+    ("The answer is 5. Wait, the answer is 6.", "6", "correct"),
+    ("First \\boxed{3}. Wait, I made an error: the answer is 4.", "4", "correct"),
+    ("The answer is 3. Double-checking: \\boxed{4}", "3", "incorrect"),
+    ("The answer is 8, 3, 1.", "8, 3, 1", "correct"),
+    (
+        "So $17^{-1}\\equiv \\boxed{44}$.\n\nWe may check our answer: 17*44 = 748, so our answer is correct.",
+        "44",
+        "correct",
+    ),
+    ("The answer is 5. Checking: 2 + 3 = 5, yes, the answer is indeed correct.", "5", "correct"),
+    ("I think it is 5 but I am not sure.", "5", "no_answer"),
+    ("The answer is", "5", "no_answer"),
+    ("", "5", "no_answer"),
+]
 
 
-def test_calling_process_does_not_load_math_verify(tmp_path):
-    script = tmp_path / "grade.py"
-    script.write_text(  # grading.py needs only the standard library: import it alone, without torch
-        "import sys\n"
-        f"sys.path.insert(0, {str(GRADING_FILE.parent)!r})\n"
-        "from grading import MathVerifyGrader\n"
-        "if __name__ == '__main__':\n"
-        "    with MathVerifyGrader() as g:\n"
-        "        r = g.grade(['The answer is 4'], ['4'])\n"
-        "    print(r[0].status, 'math_verify' in sys.modules)\n"
+@pytest.mark.parametrize("completion, gold, expected", SURVEY)
+def test_survey_of_final_answer_forms(grader, completion, gold, expected):
+    assert grader.grade([completion], [gold])[0].status == expected
+
+
+def test_extraction_is_linear_on_degenerate_model_output():
+    """Collapsed rollouts (a megabyte of digits after "The answer is", 100k unclosed `\\boxed{`, ...) must not stall the
+    calling process: every function that reads model output there finishes, at size n and 4n. Run in a subprocess
+    with a generous limit (before the fix, 1 MB of digits did not return in 120 s)."""
+    code = (
+        "from trl_erprm.labeling.answers import extract_final_answer\n"
+        "from trl_erprm.evaluation.metrics import normalize_answer\n"
+        "for n in (250_000, 1_000_000):\n"
+        "    for text in ('The answer is ' + '1' * n, '\\\\boxed{' * (n // 10), 'the answer is ' * (n // 14),\n"
+        "                 '{' * n, '#' * n, '$' * n, '*' * n, ' ' * n + 'x', 'Answer:' + '\\n' * n, '# Answer' * (n // 8),\n"
+        "                 '\\\\boxed{\\\\boxed{' * (n // 14) + '}' * (n // 7), 'The answer is ' + ' ' * n + '5'):\n"
+        "        normalize_answer(extract_final_answer(text))\n"
+        "print('returned')\n"
     )
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["correct", "False"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "returned", out.stderr[-2000:]
 
 
-def test_unguarded_script_gets_a_clear_error(tmp_path):
+def test_answers_too_long_or_cut_off_are_no_answer():
+    from trl_erprm.labeling.answers import MAX_ANSWER_CHARS
+
+    assert extract_final_answer("The answer is " + "1" * 10_000) is None  # cut off: no final answer
+    assert extract_final_answer("\\boxed{" + "1" * (MAX_ANSWER_CHARS + 1) + "}") is None
+    assert extract_final_answer("\\boxed{7} and then " + "\\boxed{" * 5000) == "7"
+
+
+def test_grading_code_in_the_calling_process_never_imports_math_verify():
+    """math_verify is imported only by `worker_main`, in the worker file that runs as its own interpreter."""
+
+    def importers(path):
+        tree = ast.parse(path.read_text())
+        found = []
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                if any(n.startswith(("math_verify", "sympy")) for n in names):
+                    found.append(node)
+        functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+        return sorted({f.name for f in functions for i in found if i in list(ast.walk(f))}), len(found)
+
+    assert importers(GRADING_FILE) == ([], 0)
+    assert importers(LABELING / "answers.py") == ([], 0)
+    assert importers(WORKER_FILE) == (["worker_main"], 1)
+
+
+def test_an_unguarded_script_that_imported_torch_grades_with_light_workers(tmp_path):
+    """Workers are fresh interpreters running only the worker file: a script without the `__main__` guard works (it
+    is not re-imported), its workers hold no torch, and the calling process never loads math-verify."""
     script = tmp_path / "unguarded.py"
     script.write_text(
-        f"import sys\nsys.path.insert(0, {str(GRADING_FILE.parent)!r})\n"
-        "from grading import MathVerifyGrader\n"
-        "MathVerifyGrader().grade(['The answer is 4'], ['4'])\n"
+        "import sys\n"
+        "import torch\n"
+        "from trl_erprm.labeling.grading import MathVerifyGrader\n"
+        "grader = MathVerifyGrader(num_workers=1)\n"
+        "result = grader.grade(['The answer is **4**.'], ['4'])[0]\n"
+        "maps = open(f'/proc/{grader._workers[0].process.pid}/maps').read()\n"
+        "print(result.status, 'math_verify' in sys.modules, 'libtorch' in maps, 'torch' in sys.modules)\n"
+        "grader.close()\n"
     )
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0
-    assert "if __name__ == '__main__':" in out.stderr and "RuntimeError" in out.stderr
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["correct", "False", "False", "True"]
+
+
+def test_a_worker_that_cannot_start_is_a_clear_error(monkeypatch):
+    from trl_erprm.labeling import grading
+
+    monkeypatch.setattr(grading, "_WORKER_FILE", str(LABELING / "no_such_worker.py"))
+    grader = MathVerifyGrader()
+    with pytest.raises(RuntimeError, match="exited before it was ready.*pip install math-verify"):
+        grader.grade(["\\boxed{1}"], ["1"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -150,6 +255,45 @@ def test_length_mismatch_and_bad_arguments(grader):
         MathVerifyGrader(num_workers=0)
     with pytest.raises(ValueError, match="timeout"):
         MathVerifyGrader(timeout=float("nan"))
+    with pytest.raises(ValueError, match="retry_timeout"):
+        MathVerifyGrader(retry_timeout=-1)
+    assert MathVerifyGrader(timeout=2).retry_timeout == 8.0
+
+
+def test_a_gold_that_cannot_be_parsed_is_gold_unparsable_not_incorrect(grader):
+    """An unclosed `\\frac{` (or LaTeX math-verify reads as no expression) is the gold's fault: never "incorrect"."""
+    results = grader.grade(
+        ["\\boxed{\\frac{1}{2}}", "The answer is 3", "\\boxed{2}"], ["\\frac{1", "\\boxed{\\frac{1}", "x^2+"]
+    )
+    assert [r.status for r in results] == ["gold_unparsable"] * 3
+
+
+def test_one_grader_shared_by_eight_threads_gives_each_caller_its_verdicts():
+    """A thread pool over problems (or TRL's async reward functions) sharing one grader: every call gets exactly its
+    own verdicts (before, verdicts crossed between calls and some calls raised OSError)."""
+    errors, wrong = [], []
+    with MathVerifyGrader(num_workers=2, cache=False) as shared:
+
+        def caller(t):
+            try:
+                for round_ in range(3):
+                    values = [1000 * t + 100 * round_ + k for k in range(12)]
+                    right = [(k + t + round_) % 3 != 0 for k in range(12)]
+                    completions = [f"The answer is {v if r else v + 1}" for v, r in zip(values, right)]
+                    results = shared.grade(completions, [str(v) for v in values])
+                    expected = ["correct" if r else "incorrect" for r in right]
+                    if [r.status for r in results] != expected:
+                        wrong.append((t, round_, [r.status for r in results], expected))
+            except Exception as error:  # every failure of a thread is reported
+                errors.append(repr(error))
+
+        threads = [threading.Thread(target=caller, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        assert shared.stats()["requests"] == 8 * 3 * 12
+    assert not errors and not wrong, (errors, wrong[:3])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -160,8 +304,9 @@ def test_length_mismatch_and_bad_arguments(grader):
 def test_hostile_inputs_return_and_execute_nothing(short_grader, tmp_path):
     marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
     hostile = [
-        "\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}",
-        "\\boxed{" + "{" * 3000 + "1" + "}" * 3000 + "}",
+        "\\boxed{" + "(" * 450 + "1" + ")" * 450 + "}",  # deep nesting within the answer length cap
+        "\\boxed{" + "{" * 450 + "1" + "}" * 450 + "}",
+        "\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}",  # past the cap: no answer, never sent to a worker
         r"\boxed{9^{9^{9^{9^{9}}}}}",
         r"\boxed{10^{10^{10^{10}}}!}",
         f"\\boxed{{__import__('os').system('touch {marker}')}}",
@@ -174,7 +319,9 @@ def test_hostile_inputs_return_and_execute_nothing(short_grader, tmp_path):
     ]
     results = short_grader.grade(hostile, ["1"] * len(hostile))
     assert len(results) == len(hostile)
-    assert all(r.status in ("timeout", "incorrect", "error") and r.reward == 0.0 for r in results), results
+    assert all(r.status in ("timeout", "incorrect", "error") and r.reward == 0.0 for r in results[:2]), results
+    assert results[2].status == "no_answer"
+    assert all(r.status in ("timeout", "incorrect", "error") and r.reward == 0.0 for r in results[3:]), results
     assert not marker.exists()
     # The pool is still usable afterwards.
     assert short_grader.grade(["\\boxed{3}"], ["3"])[0].status == "correct"
@@ -186,8 +333,8 @@ def test_worker_hardening_refuses_side_effects(tmp_path):
     marker = tmp_path / "marker"
     code = (
         "import os, subprocess, sys\n"
-        f"sys.path.insert(0, {str(GRADING_FILE.parent)!r})\n"
-        "from grading import _harden_worker\n"
+        f"sys.path.insert(0, {str(LABELING)!r})\n"
+        "from _grading_worker import _harden_worker\n"
         "_harden_worker(2**33)\n"
         "refused = []\n"
         f"for attempt in (lambda: os.system('touch {marker}'), lambda: subprocess.run(['touch', {str(marker)!r}]),\n"
@@ -204,24 +351,69 @@ def test_worker_hardening_refuses_side_effects(tmp_path):
     assert not marker.exists() and GRADING_FILE.exists()
 
 
-def test_hung_worker_is_killed_and_replaced(short_grader):
+def test_hung_worker_is_killed_replaced_and_its_item_retried(short_grader):
+    """A worker that stops answering (like one stuck in C code) is killed at the hard deadline; the item it held timed
+    out once, which is not a verdict: it is graded again with the longer limit, on a fresh worker, and is correct."""
     short_grader.grade(["\\boxed{1}"], ["1"])  # make sure the workers exist
     victim = short_grader._workers[0].process
-    os.kill(victim.pid, signal.SIGSTOP)  # a worker that stops answering, like one stuck in C code
+    os.kill(victim.pid, signal.SIGSTOP)
     try:
-        before = short_grader.stats()["worker_restarts"]
+        before = short_grader.stats()
         values = [str(i) for i in range(5000, 5040)]
         results = short_grader.grade([f"\\boxed{{{v}}}" for v in values], values)
     finally:
-        if victim.is_alive():
+        if victim.poll() is None:
             os.kill(victim.pid, signal.SIGKILL)
-    statuses = [r.status for r in results]
-    assert statuses.count("timeout") == 1 and statuses.count("correct") == 39
-    assert short_grader.stats()["worker_restarts"] == before + 1
-    assert not victim.is_alive()
-    # A timeout is not cached: the same pair is graded again, now correctly.
-    timed_out = statuses.index("timeout")
-    assert short_grader.grade([f"\\boxed{{{values[timed_out]}}}"], [values[timed_out]])[0].status == "correct"
+    assert [r.status for r in results] == ["correct"] * 40
+    after = short_grader.stats()
+    assert after["worker_restarts"] == before["worker_restarts"] + 1
+    assert after["timeouts"] == before["timeouts"] + 1 and after["retries"] == before["retries"] + 1
+    assert after["timeout"] == before["timeout"]  # no final timeout
+    assert victim.poll() is not None
+
+
+def test_a_timeout_is_kept_apart_from_a_wrong_answer():
+    """An answer that times out on both tries is `timeout` (reward 0 but not `incorrect`), counted, and not cached."""
+    with MathVerifyGrader(num_workers=1, timeout=0.5, retry_timeout=0.5) as g:
+        results = g.grade(["\\boxed{9^{9^{9^{9^{9}}}}}", "\\boxed{2}", "\\boxed{3}"], ["1", "2", "2"])
+        assert [r.status for r in results] == ["timeout", "correct", "incorrect"]
+        stats = g.stats()
+        assert stats["timeout"] == 1 and stats["incorrect"] == 1 and stats["retries"] == 1 and stats["timeouts"] == 2
+        assert stats["cache_size"] == 2  # the timeout is not cached
+
+
+def test_a_forked_child_grades_with_its_own_workers_and_leaves_the_parents_alone(short_grader):
+    short_grader.grade(["\\boxed{1}"], ["1"])
+    parent_pids = [w.process.pid for w in short_grader._workers]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: grade, close, report, and leave without running any cleanup of the parent's objects
+        try:
+            status = short_grader.grade(["The answer is 5"], ["5"])[0].status
+            own = all(w.process.pid not in parent_pids for w in short_grader._workers)
+            short_grader.close()
+            os.write(write_end, b"1" if status == "correct" and own else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read_end, 1) == b"1"
+    os.close(read_end)
+    os.close(write_end)
+    # The parent's next request goes down the same pipes after anything the child sent: had the child told the
+    # parent's workers to stop, they would be gone now and replaced.
+    assert short_grader.grade(["\\boxed{2}", "\\boxed{3}"], ["2", "3"])[0].status == "correct"
+    assert [w.process.pid for w in short_grader._workers] == parent_pids
+    assert all(w.process.poll() is None for w in short_grader._workers)
+
+
+def test_start_launches_workers_in_the_background():
+    g = MathVerifyGrader(num_workers=2)
+    g.start()  # returns at once: the workers import math-verify while the caller does other work
+    assert len(g._workers) == 2 and not any(w.ready for w in g._workers)
+    assert g.grade(["The answer is 3"], ["3"])[0].status == "correct"
+    g.start()  # idempotent
+    assert len(g._workers) == 2
+    g.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

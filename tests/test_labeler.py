@@ -5,6 +5,7 @@ reach the gold answer from some prefixes and not from others: the outcomes mix 0
 """
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -17,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from trl_erprm.data import gsm8k_to_stepwise
+from trl_erprm import jobs
+from trl_erprm.data import convert_prm800k, gsm8k_to_stepwise
 from trl_erprm.functional import er_label
-from trl_erprm.labeling import store
 from trl_erprm.labeling.grading import MathVerifyGrader
 from trl_erprm.labeling.labeler import (
     ROW_STATUSES,
@@ -152,7 +153,11 @@ def test_rollout_prompts_for_each_placement(causal_lm_path, tokenizer):
     prefix = ["Step one.", "Step two."]
     assistant = ERPRMLabeler(model_name_or_path=causal_lm_path, tokenizer=tokenizer)
     text = tokenizer.decode(assistant.rollout_prompt("What is 1+1?", prefix))
-    assert text == "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\nStep one.\nStep two.\n"
+    # The user turn asks for the format the grader reads best.
+    assert text == (
+        "<|im_start|>user\nWhat is 1+1?\nPlease reason step by step, and put your final answer within \\boxed{}."
+        "<|im_end|>\n<|im_start|>assistant\nStep one.\nStep two.\n"
+    )
     assert assistant.graded_text(prefix, "So \\boxed{2}") == "Step one.\nStep two.\nSo \\boxed{2}"
 
     user = ERPRMLabeler(model_name_or_path=causal_lm_path, tokenizer=tokenizer, prefix_placement="user")
@@ -162,6 +167,10 @@ def test_rollout_prompts_for_each_placement(causal_lm_path, tokenizer):
         "within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n"
     )
     assert user.graded_text(prefix, "So \\boxed{2}") == "So \\boxed{2}"
+
+    bare_instruction = ERPRMLabeler(model_name_or_path=causal_lm_path, tokenizer=tokenizer, user_instruction="")
+    text = tokenizer.decode(bare_instruction.rollout_prompt("What is 1+1?", prefix))
+    assert text == "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\nStep one.\nStep two.\n"
 
     plain = ERPRMLabeler(
         model_name_or_path=causal_lm_path, tokenizer=tokenizer, prefix_placement="plain", step_separator="\n\n"
@@ -309,6 +318,198 @@ def test_generator_returning_no_text_is_reported(causal_lm_path, gsm8k_rows, gra
     assert dataset[0]["num_empty_rollouts"] == dataset[0]["num_rollouts"] > 0
 
 
+class ScriptedBackend:
+    """A rollout backend (the labeler's public `generate(prompts, n, sampling, seeds)` contract) whose continuations
+    are given: for each prompt, the texts of the first key of `script` found in the decoded prompt."""
+
+    name = "scripted"
+
+    def __init__(self, tokenizer, script: dict[str, list[str]]):
+        self.tokenizer, self.script = tokenizer, script
+
+    def generate(self, prompts, n, sampling, seeds):
+        out = []
+        for ids in prompts:
+            text = self.tokenizer.decode(ids)
+            texts = next(v for k, v in self.script.items() if k in text)
+            out.append([texts[j % len(texts)] for j in range(n)])
+        return out
+
+    def close(self):
+        pass
+
+
+HOSTILE = "\\boxed{9^{9^{9^{9^{9}}}}}"  # times out, every time
+
+
+def test_grading_timeouts_are_left_out_of_the_labels_and_counted(tokenizer, tmp_path, caplog):
+    """A timeout is not a wrong answer: a timed-out rollout is left out of its step's outcomes and counted; a step
+    whose rollouts all timed out gives the row the status `grading_timeout` (no labels), never a 0 label."""
+    rows = [
+        {
+            "prompt": "Mixed: what is 3 + 4?",
+            "completions": ["3 + 4 = 7.", "The answer is \\boxed{7}."],
+            "gold_answer": "7",
+        },
+        {
+            "prompt": "Stuck: what is 2 + 2?",
+            "completions": ["2 + 2 = 4.", "The answer is \\boxed{4}."],
+            "gold_answer": "4",
+        },
+    ]
+    backend = ScriptedBackend(
+        tokenizer, {"Mixed": [HOSTILE, "The answer is 7", "The answer is 8"], "Stuck": [HOSTILE]}
+    )
+    with MathVerifyGrader(num_workers=1, timeout=0.5, retry_timeout=0.5) as grader:
+        labeler = ERPRMLabeler(
+            backend=backend, tokenizer=tokenizer, grader=grader, output_dir=str(tmp_path / "job"), num_rollouts=3
+        )
+        with caplog.at_level(logging.INFO, logger="trl_erprm"):
+            dataset = labeler.label(rows)
+    assert dataset["status"] == ["ok", "grading_timeout"]
+    assert dataset[0]["step_outcomes"] == [[1.0, 0.0], [1.0]]  # 2 graded rollouts: the timeout is not a 0
+    assert dataset[0]["num_grading_timeouts"] == 1 and dataset[0]["num_grading_failures"] == 1
+    assert dataset[1]["labels"] is None and dataset[1]["step_outcomes"] is None
+    assert "timed out for every rollout of step 0" in dataset[1]["status_message"]
+    assert dataset[1]["num_grading_timeouts"] == 3
+    summary = labeler.summary
+    assert summary["status_counts"] == {"ok": 1, "grading_timeout": 1} and summary["num_grading_timeouts"] == 4
+    assert "4 grading timeouts" in caplog.text and "4 rollouts timed out in grading" in caplog.text
+
+
+def test_most_rollouts_without_an_answer_warn_with_the_share_and_the_fix(tokenizer, grader, tmp_path, caplog):
+    rows = [
+        {
+            "prompt": f"Q{i}: what is {i} + 1?",
+            "completions": [f"{i} + 1 = {i + 1}.", f"So \\boxed{{{i + 1}}}."],
+            "gold_answer": str(i + 1),
+        }
+        for i in range(3)
+    ]
+    backend = ScriptedBackend(tokenizer, {"": ["Let me think about it some more", "The answer is 9999", "Hmm"]})
+    labeler = ERPRMLabeler(
+        backend=backend, tokenizer=tokenizer, grader=grader, output_dir=str(tmp_path), num_rollouts=24, batch_size=1
+    )
+    with caplog.at_level(logging.WARNING, logger="trl_erprm"):
+        dataset = labeler.label(rows)
+    assert set(dataset["status"]) == {"ok"} and labeler.summary["num_no_answer_rollouts"] == 48
+    warnings = [r.getMessage() for r in caplog.records if "no final answer the grader can read" in r.getMessage()]
+    # Once as soon as 64 rollouts are graded (after the third row), once in the summary.
+    assert len(warnings) == 2 and warnings[0].endswith("(so far; the job goes on)")
+    assert "48 of 72 rollouts (67%)" in warnings[-1]
+    assert "user_instruction" in warnings[-1] and "max_new_tokens" in warnings[-1]
+
+
+def test_prm800k_sample_last_steps_are_graded_from_the_answer_heading(answering_lm_path, grader, tmp_path):
+    """PRM800K solutions end with "# Answer" and the number on its own line: a fully correct solution's last step is
+    1.0 (before, every last step was 0.0). Uses the sample copied into tests/data."""
+    lines = (REPO / "tests" / "data" / "prm800k_samples.jsonl").read_text().splitlines()
+    rows = convert_prm800k([json.loads(line) for line in lines])
+    labeler = ERPRMLabeler(
+        model_name_or_path=answering_lm_path,
+        output_dir=str(tmp_path),
+        grader=grader,
+        **{**JOB, "num_rollouts": 1, "max_new_tokens": 4, "batch_size": 8},
+    )
+    dataset = labeler.label(rows)
+    last = [None if o is None else o[-1] for o in dataset["step_outcomes"]]
+    has_answer = ["# Answer" in r["completions"][-1] for r in rows]
+    assert dataset["status"] == ["missing_gold" if r["gold_answer"] is None else "ok" for r in rows]
+    # Every solution that reaches its "# Answer" (with the right number) is correct; the others stop at a wrong step.
+    assert last == [None if r["gold_answer"] is None else ([1.0] if a else [0.0]) for r, a in zip(rows, has_answer)]
+    assert last.count([1.0]) == 3
+
+
+def test_rows_of_mixed_types_name_the_row_the_column_and_the_fix(answering_lm_path, gsm8k_rows, grader, tmp_path):
+    good = gsm8k_rows[0]
+    labeler = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=str(tmp_path), grader=grader, **JOB)
+    with pytest.raises(ValueError) as error:
+        labeler.label([good, {**good, "completions": 5}])
+    message = str(error.value)
+    assert "row 1, column 'completions'" in message and "list of step strings" in message
+    with pytest.raises(
+        ValueError, match=r"row 2, column 'gold_answer': number 3, but row 0 has a string.*str\(answer\)"
+    ):
+        labeler.label([good, good, {**good, "gold_answer": 3}])
+    with pytest.raises(ValueError, match=r"row 0, column 'completions': a list mixing types"):
+        labeler.label([{**good, "completions": ["a step", 7]}])
+    assert not (tmp_path / "manifest.json").exists()  # refused before the job started
+    # A None step is a row-level problem, not a dataset error: the row gets a status naming it.
+    dataset = labeler.label([{**good, "completions": [good["completions"][0], None]}])
+    assert dataset["status"] == ["empty_steps"] and "step 1" in dataset[0]["status_message"]
+
+
+def test_a_folder_held_by_a_running_job_is_refused_at_once(answering_lm_path, gsm8k_rows, grader, tmp_path):
+    """Two jobs with the same arguments on one folder wrote every row twice; now the second stops before any work,
+    and `trl-erprm label` says so in one line naming the holder."""
+    output_dir = tmp_path / "job"
+    holder = jobs.JobStore(output_dir, jobs.make_manifest("another-job/1", {}, 0, jobs.content_hash([])))
+    holder.open()
+    try:
+        labeler = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=str(output_dir), grader=grader, **JOB)
+        with pytest.raises(jobs.JobLockedError, match=f"in use by another job \\(pid {os.getpid()} on "):
+            labeler.label(gsm8k_rows[:1])
+        assert labeler._backend is None  # no model loaded, no row written
+        data = _write_jsonl(gsm8k_rows[:1], tmp_path / "rows.jsonl")
+        command = [sys.executable, "-m", "trl_erprm.cli", "label", *_cli_args(answering_lm_path, data, output_dir)]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[0].startswith(f"trl-erprm label: error: The output folder {output_dir} is in use by another job")
+    assert f"pid {os.getpid()} on" in lines[0] and "choose another output_dir" in lines[0]
+    assert jobs.read_results(output_dir) == {}
+
+
+def test_the_corrected_command_after_a_failed_start_runs_in_the_same_folder(
+    answering_lm_path, gsm8k_rows, grader, tmp_path
+):
+    output_dir = str(tmp_path / "job")
+    wrong = ERPRMLabeler(
+        model_name_or_path=str(tmp_path / "no-such-model"), output_dir=output_dir, grader=grader, **JOB
+    )
+    with pytest.raises(Exception):  # noqa: B017 - whatever the loader raises for a missing folder
+        wrong.label(gsm8k_rows[:1])
+    assert json.loads((tmp_path / "job" / "manifest.json").read_text())["job"]["model_name_or_path"].endswith("model")
+    right = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=output_dir, grader=grader, **JOB)
+    assert right.label(gsm8k_rows[:1])["status"] == ["ok"]
+
+
+def test_start_up_and_resumption_are_announced(answering_lm_path, gsm8k_rows, grader, tmp_path, caplog):
+    output_dir = tmp_path / "job"
+    first = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=str(output_dir), grader=grader, **JOB)
+    with caplog.at_level(logging.INFO, logger="trl_erprm"):
+        first.label(gsm8k_rows[:2])
+    messages = [r.getMessage() for r in caplog.records]
+    starting = next(
+        i for i, m in enumerate(messages) if m.startswith("Starting 1 grading worker(s) in the background")
+    )
+    loading = next(i for i, m in enumerate(messages) if m.startswith(f"Loading the generator {answering_lm_path}"))
+    assert messages[0] == f"ER-PRM labeling: 2 rows to label in {output_dir}." and starting < loading
+    part = output_dir / "parts" / "part-00000.jsonl"
+    part.write_text(part.read_text().splitlines()[0] + "\n")  # as if killed after the first row
+    caplog.clear()
+    again = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=str(output_dir), grader=grader, **JOB)
+    with caplog.at_level(logging.INFO, logger="trl_erprm"):
+        again.label(gsm8k_rows[:2])
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == f"Resuming {output_dir}: 1 of 2 rows done."
+    assert messages[1] == f"ER-PRM labeling: 1 rows to label in {output_dir}."
+
+
+def test_an_unwritable_output_folder_is_one_line_with_the_fix(answering_lm_path, gsm8k_rows, grader, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    output_dir = tmp_path / "a_file" / "job"
+    labeler = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=str(output_dir), grader=grader, **JOB)
+    with pytest.raises(jobs.JobFolderError) as error:
+        labeler.label(gsm8k_rows[:1])
+    assert "\n" not in str(error.value) and str(output_dir) in str(error.value) and "output_dir" in str(error.value)
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
 def test_missing_column_is_a_clear_error(answering_lm_path, gsm8k_rows, tmp_path):
     labeler = ERPRMLabeler(
         model_name_or_path=answering_lm_path, output_dir=str(tmp_path / "job"), gold_column="answer"
@@ -339,7 +540,7 @@ def test_job_folder_of_another_job_is_refused(reference_run, answering_lm_path, 
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
     elsewhere = ERPRMLabeler(model_name_or_path=answering_lm_path, output_dir=str(stranger), grader=grader, **JOB)
-    with pytest.raises(ValueError, match="not a labeling job folder"):
+    with pytest.raises(ValueError, match="not a job folder"):
         elsewhere.label(gsm8k_rows)
     assert (stranger / "notes.txt").read_text() == "mine"
 
@@ -407,7 +608,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(reference_run, answering_l
     torn = json.dumps({"index": missing, "status": "ok", "step_outcomes": [[1.0, 1.0, 1.0]]})
     with open(part, "ab") as f:
         f.write(torn[: len(torn) // 2].encode())
-    assert len(store.read_results(output_dir)) == written
+    assert len(jobs.read_results(output_dir)) == written
 
     resumed_labeler = ERPRMLabeler(
         model_name_or_path=answering_lm_path, output_dir=str(output_dir), grader=grader, **JOB

@@ -48,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(f"usage: trl-erprm {{{','.join(COMMANDS)}}} [options]   (trl-erprm <command> --help for details)")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    return COMMANDS[argv[0]](argv[1:])
+    from .jobs import JobFolderError
+
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except JobFolderError as error:  # an environment fault (folder held, read-only, full): one line with the fix
+        print(f"trl-erprm {argv[0]}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

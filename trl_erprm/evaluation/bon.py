@@ -13,7 +13,9 @@ Bad input never stops a run; each case is counted in `results.json["bad_input"]`
   and weighing 0 in weighted voting;
 - steps past the PRM's `max_length` are not scored: the candidate is aggregated over its scored steps;
 - a gold answer math-verify cannot parse (status `gold_unparsable`): the problem is left out of every accuracy;
-- grading timeouts and errors count as wrong answers.
+- a candidate whose grading timed out (twice: the grader retries with a longer limit) is not a wrong answer: its
+  problem is left out of every accuracy and counted (`problems_with_grading_timeouts`), with a warning;
+- a grading error (the worker failed on the answer) counts as a wrong answer.
 
 Run `trl-erprm bon --help` (or `python -m trl_erprm.evaluation.bon --help`) for the arguments.
 """
@@ -31,9 +33,10 @@ from pathlib import Path
 import torch
 
 from ..functional import STEP_AGGREGATIONS, aggregate_steps
-from ..labeling.grading import MathVerifyGrader, extract_final_answer
+from ..jobs import JobStore, content_hash, make_manifest
+from ..labeling.answers import extract_final_answer
+from ..labeling.grading import MathVerifyGrader
 from ..steps import STEP_SPLITTERS, StepFormat, split_steps
-from .jobs import open_run_dir, run_writer
 from .metrics import default_n_values, normalize_answer, selection_curves
 from .report import format_table, plot_curves, write_reports
 from .scorers import load_scorer
@@ -371,47 +374,80 @@ def _score_chunk(args, rows, indices, candidates_of, scorer, grader) -> list[dic
     return records
 
 
-def score_problems(args: BestOfNArguments) -> list[dict]:
+def open_store(args: BestOfNArguments, rows: list[dict]) -> JobStore:
+    """The job store of a Best-of-N run (not opened yet): its identity is `args.job()` and the input rows.
+
+    Args:
+        args ([`BestOfNArguments`]):
+            The run's arguments.
+        rows (`list[dict]`):
+            The input rows.
+
+    Returns:
+        [`~trl_erprm.jobs.JobStore`]: The store of `args.output_dir`.
+    """
+    manifest = make_manifest(BON_FORMAT, args.job(), len(rows), content_hash(rows))
+    return JobStore(args.output_dir, manifest, outputs=BON_REPORTS, overwrite=args.overwrite, unit="problems")
+
+
+def score_problems(
+    args: BestOfNArguments, store: JobStore | None = None, rows: list[dict] | None = None
+) -> list[dict]:
     """Score (and if needed generate and grade) every problem, resuming from `output_dir`; the first half of
     [`run_best_of_n`].
 
     Args:
         args ([`BestOfNArguments`]):
             The run's arguments.
+        store ([`~trl_erprm.jobs.JobStore`], *optional*):
+            The run's store, already open (owned by the caller); by default one is opened and closed here.
+        rows (`list[dict]`, *optional*):
+            The input rows, when the caller has loaded them.
 
     Returns:
         `list[dict]`: One record per problem in input order: `index`, `answers`, `num_steps`, `step_scores`, `correct`,
         `statuses` (and `candidates` when generated).
     """
-    rows = _load_rows(args)
-    done = open_run_dir(args.output_dir, BON_FORMAT, args.job(), rows, args.overwrite, BON_REPORTS)
+    rows = _load_rows(args) if rows is None else rows
+    if store is None:
+        with open_store(args, rows) as own:
+            return _score_all(args, rows, own, own.open())
+    return _score_all(args, rows, store, store.read_results())
+
+
+def _score_all(args: BestOfNArguments, rows: list[dict], store: JobStore, done: dict[int, dict]) -> list[dict]:
     todo = [i for i in range(len(rows)) if i not in done]
-    if done:
-        logger.info("Resuming %s: %d of %d problems already scored.", args.output_dir, len(done), len(rows))
     if todo:
-        scorer = None
-        if args.scores_column is None:
-            scorer = load_scorer(
-                args.prm_model,
-                prm_type=args.prm_type,
-                step_separator=args.prm_step_separator,
-                step_tag=args.step_tag,
-                good_token=args.good_token,
-                bad_token=args.bad_token,
-                ref_model=args.ref_model,
-                beta=args.beta,
-                implicit_value=args.implicit_value,
-                batch_size=args.prm_batch_size,
-                max_length=args.max_length,
-                dtype=args.dtype,
-                trust_remote_code=args.trust_remote_code,
-            )
-        backend = _make_backend(args) if args.generator_model else None
+        logger.info(f"Best-of-N: {len(todo)} of {len(rows)} problems to score in {args.output_dir}.")
         grader = None if args.correctness_column else MathVerifyGrader(args.grading_num_workers, args.grading_timeout)
+        if grader is not None:
+            logger.info(f"Starting {grader.num_workers} grading worker(s) in the background (math-verify).")
+            grader.start()
+        scorer, backend = None, None
         try:
+            if args.scores_column is None:
+                logger.info(f"Loading the PRM {args.prm_model} ({args.prm_type})...")
+                scorer = load_scorer(
+                    args.prm_model,
+                    prm_type=args.prm_type,
+                    step_separator=args.prm_step_separator,
+                    step_tag=args.step_tag,
+                    good_token=args.good_token,
+                    bad_token=args.bad_token,
+                    ref_model=args.ref_model,
+                    beta=args.beta,
+                    implicit_value=args.implicit_value,
+                    batch_size=args.prm_batch_size,
+                    max_length=args.max_length,
+                    dtype=args.dtype,
+                    trust_remote_code=args.trust_remote_code,
+                )
+            if args.generator_model:
+                logger.info(f"Loading the generator {args.generator_model} ({args.generation_backend} backend)...")
+                backend = _make_backend(args)
             from tqdm.auto import tqdm
 
-            with run_writer(args.output_dir) as writer, tqdm(total=len(rows), initial=len(done), desc="BoN") as bar:
+            with store.writer() as writer, tqdm(total=len(rows), initial=len(done), desc="BoN") as bar:
                 for start in range(0, len(todo), args.chunk_size):
                     chunk = todo[start : start + args.chunk_size]
                     if backend is not None:
@@ -478,13 +514,17 @@ def best_of_n_report(records: list[dict], args: BestOfNArguments) -> dict:
         `bad_input` counts and `grading` status counts.
     """
     statuses = Counter(s for r in records for s in r["statuses"])
-    evaluated = [r for r in records if "gold_unparsable" not in r["statuses"]]
+    # A gold math-verify cannot parse, or a candidate whose grading timed out, leaves the problem's accuracy unknown.
+    unparsable = [r for r in records if "gold_unparsable" in r["statuses"]]
+    timed_out = [r for r in records if "timeout" in r["statuses"] and "gold_unparsable" not in r["statuses"]]
+    evaluated = [r for r in records if "gold_unparsable" not in r["statuses"] and "timeout" not in r["statuses"]]
     sizes = [len(r["correct"]) for r in evaluated]
     max_n = max([args.num_candidates if args.generator_model else 0, *sizes], default=1)
     n_values = sorted(set(args.n_values)) if args.n_values else default_n_values(max(1, max_n))
     scored = [r for r in evaluated if "step_scores" in r]
     bad = {
-        "problems_gold_unparsable": len(records) - len(evaluated),
+        "problems_gold_unparsable": len(unparsable),
+        "problems_with_grading_timeouts": len(timed_out),
         "problems_without_candidates": sum(k == 0 for k in sizes),
         "problems_with_fewer_than_max_n": sum(0 < k < max(n_values) for k in sizes),
         "candidates_without_steps": sum(n == 0 for r in evaluated for n in r["num_steps"]),
@@ -523,16 +563,27 @@ def run_best_of_n(args: BestOfNArguments) -> dict:
         `dict`: The report written to `output_dir/results.json` (see [`best_of_n_report`]), plus `table` (the
         printed markdown table) and `files` (paths of the reports).
     """
-    records = score_problems(args)
-    report = best_of_n_report(records, args)
-    report["arguments"] = asdict(args)
-    out = Path(args.output_dir)
-    table = format_table(report["curves"], report["n_values"])
-    files = {"results": str(out / "results.json"), "table": str(out / "table.md")}
-    if args.plot:
-        files["plot"] = plot_curves(report["curves"], out / "accuracy_vs_n.png", title=f"Best-of-N ({args.prm_model})")
-    report["files"] = files
-    return write_reports(out, report, table, "trl_erprm/evaluation/bon.py")
+    rows = _load_rows(args)
+    with open_store(args, rows) as store:  # the folder stays this run's until its reports are written
+        store.open()
+        records = score_problems(args, store, rows)
+        report = best_of_n_report(records, args)
+        report["arguments"] = asdict(args)
+        timed_out = report["bad_input"]["problems_with_grading_timeouts"]
+        if timed_out:
+            logger.warning(
+                f"{timed_out} problem(s) have a candidate whose grading timed out (even on the retry with a longer "
+                "limit): they are left out of every accuracy, not counted as wrong. Raise --grading_timeout or "
+                "--grading_num_workers if the machine is loaded."
+            )
+        out = Path(args.output_dir)
+        table = format_table(report["curves"], report["n_values"])
+        files = {"results": str(out / "results.json"), "table": str(out / "table.md")}
+        if args.plot:
+            title = f"Best-of-N ({args.prm_model})"
+            files["plot"] = plot_curves(report["curves"], out / "accuracy_vs_n.png", title=title)
+        report["files"] = files
+        return write_reports(out, report, table, "trl_erprm/evaluation/bon.py")
 
 
 def bon_main(argv: list[str] | None = None) -> dict:
@@ -547,6 +598,8 @@ def bon_main(argv: list[str] | None = None) -> dict:
     """
     from trl import TrlParser
 
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("trl_erprm").setLevel(logging.INFO)  # start-up, resume and warning messages
     parser = TrlParser((BestOfNArguments,), prog="trl-erprm bon")
     (args,) = parser.parse_args_and_config(argv)
     return run_best_of_n(args)

@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-from .jobs import write_json
+from ..jobs import folder_errors, write_json_atomic
 
 
 def _cell(stats: dict) -> str:
@@ -106,8 +106,9 @@ def write_reports(output_dir: str | os.PathLike, report: dict, table: str, rules
         `dict`: The report with the table under `table`.
     """
     out = Path(output_dir)
-    (out / "table.md").write_text(table + "\n")
-    write_json(out / "results.json", report)
+    with folder_errors(out, "write the reports"):
+        (out / "table.md").write_text(table + "\n")
+        write_json_atomic(out / "results.json", report)
     print(table)
     print(f"Bad input (see the rules in {rules_module}): {report['bad_input']}")
     return {**report, "table": table}

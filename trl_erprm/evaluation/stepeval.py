@@ -21,6 +21,7 @@ Scored items are written to `output_dir/parts/` chunk by chunk; a rerun with the
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .jobs import open_run_dir, run_writer
+from ..jobs import JobStore, content_hash, make_manifest
 from .metrics import choose_threshold, first_error_prediction, processbench_metrics
 from .report import write_reports
 from .scorers import load_scorer
@@ -36,6 +37,7 @@ from .scorers import load_scorer
 
 STEPEVAL_FORMAT = "trl-erprm-stepeval/1"
 STEPEVAL_REPORTS = ("results.json", "table.md")
+logger = logging.getLogger(__name__)
 
 
 def stepwise_to_processbench(labels: Sequence[float], threshold: float = 0.5) -> int:
@@ -206,25 +208,42 @@ def _item_label(args: StepEvalArguments, value, num_steps: int) -> int | None:
     return int(value) if -1 <= int(value) < num_steps else None
 
 
-def score_items(args: StepEvalArguments) -> tuple[list[dict], list[dict]]:
+def _store(args: StepEvalArguments, items: list[dict]) -> JobStore:
+    manifest = make_manifest(STEPEVAL_FORMAT, args.job(), len(items), content_hash(items))
+    return JobStore(args.output_dir, manifest, outputs=STEPEVAL_REPORTS, overwrite=args.overwrite, unit="items")
+
+
+def score_items(
+    args: StepEvalArguments, store: JobStore | None = None, items: list[dict] | None = None
+) -> tuple[list[dict], list[dict]]:
     """Score the steps of every item, resuming from `output_dir`.
 
     Args:
         args ([`StepEvalArguments`]):
             The arguments.
+        store ([`~trl_erprm.jobs.JobStore`], *optional*):
+            The run's store, already open (owned by the caller); by default one is opened and closed here.
+        items (`list[dict]`, *optional*):
+            The input items, when the caller has loaded them.
 
     Returns:
         `tuple[list[dict], list[dict]]`: The input items and, in the same order, their records (`index`, `part`,
         `label`, `num_steps`, `scores`).
     """
-    items = _load_items(args)
-    done = open_run_dir(args.output_dir, STEPEVAL_FORMAT, args.job(), items, args.overwrite, STEPEVAL_REPORTS)
+    items = _load_items(args) if items is None else items
+    if store is None:
+        with _store(args, items) as own:
+            own.open()
+            return score_items(args, own, items)
+    done = store.read_results()
     todo = [i for i in range(len(items)) if i not in done]
     if todo:
         from tqdm.auto import tqdm
 
+        logger.info(f"Step evaluation: {len(todo)} of {len(items)} items to score in {args.output_dir}.")
         scorer = None
         if args.scores_column is None:
+            logger.info(f"Loading the PRM {args.prm_model} ({args.prm_type})...")
             scorer = load_scorer(
                 args.prm_model,
                 prm_type=args.prm_type,
@@ -240,7 +259,7 @@ def score_items(args: StepEvalArguments) -> tuple[list[dict], list[dict]]:
                 dtype=args.dtype,
                 trust_remote_code=args.trust_remote_code,
             )
-        with run_writer(args.output_dir) as writer, tqdm(total=len(items), initial=len(done), desc="Steps") as bar:
+        with store.writer() as writer, tqdm(total=len(items), initial=len(done), desc="Steps") as bar:
             for start in range(0, len(todo), args.chunk_size):
                 chunk = todo[start : start + args.chunk_size]
                 steps = [
@@ -352,10 +371,13 @@ def run_step_eval(args: StepEvalArguments) -> dict:
     Returns:
         `dict`: The report written to `output_dir/results.json` (see [`step_eval_report`]) plus `table`.
     """
-    _, records = score_items(args)
-    report = step_eval_report(records, args)
-    report["arguments"] = asdict(args)
-    return write_reports(args.output_dir, report, _table(report), "trl_erprm/evaluation/stepeval.py")
+    items = _load_items(args)
+    with _store(args, items) as store:
+        store.open()  # the folder stays this run's until its reports are written
+        _, records = score_items(args, store, items)
+        report = step_eval_report(records, args)
+        report["arguments"] = asdict(args)
+        return write_reports(args.output_dir, report, _table(report), "trl_erprm/evaluation/stepeval.py")
 
 
 def stepeval_main(argv: list[str] | None = None) -> dict:
@@ -370,6 +392,8 @@ def stepeval_main(argv: list[str] | None = None) -> dict:
     """
     from trl import TrlParser
 
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("trl_erprm").setLevel(logging.INFO)  # start-up and resume messages
     parser = TrlParser((StepEvalArguments,), prog="trl-erprm stepeval")
     (args,) = parser.parse_args_and_config(argv)
     return run_step_eval(args)

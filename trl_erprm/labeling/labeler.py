@@ -5,8 +5,8 @@ continued `num_rollouts` times by the generator, each continuation is graded aga
 math-verify, and the step's label is `er_label(outcomes, eta)` (ER-PRM, arXiv 2412.11006, eq. 1). The last step is
 labelled by grading the full solution (one outcome, no rollouts), as in the reference implementation.
 
-The job writes each finished batch of rows to its output folder (see [`store`]); it can be killed at any moment
-and started again with the same arguments, and it runs data-parallel under `accelerate launch`.
+The job writes each finished batch of rows to its output folder (a [`~trl_erprm.jobs.JobStore`]); it can be killed
+at any moment and started again with the same arguments, and it runs data-parallel under `accelerate launch`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .. import jobs
 from ..data.converters import convert_prm800k, gsm8k_to_stepwise
 from ..functional import er_label, resolve_eta
 from ..steps import StepFormat
-from . import store
 from .backends import BACKENDS, Sampling, derive_seed
 from .grading import MathVerifyGrader
 from .labeler_config import ERPRMLabelerConfig
@@ -35,19 +35,34 @@ logger = logging.getLogger(__name__)
 
 #: Per-row statuses of the output dataset. Only `"ok"` rows have `step_outcomes` and `labels`; the others have
 #: `None` there (never a made-up 0 label) and say why in `status_message`.
-ROW_STATUSES = ("ok", "missing_prompt", "empty_steps", "missing_gold", "gold_unparsable", "grading_failed", "no_text")
+ROW_STATUSES = (
+    "ok",
+    "missing_prompt",
+    "empty_steps",
+    "missing_gold",
+    "gold_unparsable",
+    "grading_timeout",
+    "grading_failed",
+    "no_text",
+)
+#: Format tag of the job folder's records (2: the default rollout prompt asks for the answer in `\boxed{}`).
+LABELS_FORMAT = "trl-erprm-labels/2"
+DATASET = "dataset"
+SUMMARY = "summary.json"
+#: Share of rollouts without an extractable final answer above which the job warns (after `_NO_ANSWER_MIN_ROLLOUTS`).
+NO_ANSWER_WARNING_SHARE = 0.5
+_NO_ANSWER_MIN_ROLLOUTS = 64
 
 #: Grading statuses that count as a graded rollout (reward 1.0 or 0.0); `"timeout"` and `"error"` are left out.
 _GRADED = ("correct", "incorrect", "no_answer")
-_OUTPUT_COLUMNS = (
-    "step_outcomes",
-    "labels",
-    "status",
-    "status_message",
+_COUNT_COLUMNS = (
     "num_rollouts",
     "num_empty_rollouts",
+    "num_no_answer_rollouts",
     "num_grading_failures",
+    "num_grading_timeouts",
 )
+_OUTPUT_COLUMNS = ("step_outcomes", "labels", "status", "status_message", *_COUNT_COLUMNS)
 
 
 def labels_from_outcomes(step_outcomes: Sequence[Sequence[float]], eta: float | str) -> list[float]:
@@ -111,7 +126,10 @@ def check_row(prompt, steps, gold) -> tuple[str, str]:
     """
     if not isinstance(prompt, str) or not prompt.strip():
         return "missing_prompt", "the prompt is missing or empty; give every row its problem text"
-    if not isinstance(steps, list | tuple) or len(steps) == 0:
+    if not isinstance(steps, list | tuple):
+        kind = "nothing" if steps is None else f"a {type(steps).__name__} ({steps!r:.40})"
+        return "empty_steps", f"the steps column holds {kind}, not a list of steps; give a list of step strings"
+    if len(steps) == 0:
         return "empty_steps", "the solution has no steps; split it into a non-empty list of steps"
     for k, step in enumerate(steps):
         if not isinstance(step, str) or not step.strip():
@@ -131,21 +149,91 @@ class _Pending:
     gold: str
     last_outcome: float = 0.0
     outcomes: list[list[float]] = field(default_factory=list)
-    empty: int = 0
-    failures: int = 0
-    no_text_step: int | None = None
+    counts: Counter = field(default_factory=Counter)  # rollouts: empty, no_answer, failures, timeouts
+    no_text_step: int | None = None  # first step whose rollouts all came back empty
+    ungraded_step: tuple[int, bool] | None = None  # first step without a graded rollout, and whether all timed out
 
 
-def _record(index: int, status: str, message: str = "", outcomes=None, rollouts=0, empty=0, failures=0) -> dict:
+def _record(index: int, status: str, message: str = "", outcomes=None, rollouts=0, counts=None) -> dict:
+    counts = counts or {}
     return {
         "index": index,
         "status": status,
         "status_message": message,
         "step_outcomes": outcomes,
         "num_rollouts": rollouts,
-        "num_empty_rollouts": empty,
-        "num_grading_failures": failures,
+        "num_empty_rollouts": counts.get("empty", 0),
+        "num_no_answer_rollouts": counts.get("no_answer", 0),
+        "num_grading_failures": counts.get("failures", 0),
+        "num_grading_timeouts": counts.get("timeouts", 0),
     }
+
+
+def _value_kind(value) -> str:
+    """Coarse type of a cell, as Arrow sees it: mixing two kinds in one column is what Arrow refuses."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        kinds = sorted({_value_kind(v) for v in value} - {"null"})
+        return f"list of {' and '.join(kinds) or 'nothing'}" if len(kinds) <= 1 else "list of mixed types"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
+
+
+def find_mixed_types(rows: Sequence[dict]) -> str | None:
+    """The first cell whose type differs from its column's (what makes Arrow refuse the rows), as a message.
+
+    Args:
+        rows (`list[dict]`):
+            Input rows.
+
+    Returns:
+        `str` or `None`: "row 3, column 'completions': ..." naming the row, the column, both types and the fix, or
+        `None` when every column holds one type (nulls allowed).
+    """
+    first: dict[str, tuple[int, str]] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            return f"row {index} is a {type(row).__name__}, not a mapping of column names to values"
+        for column, value in row.items():
+            kind = _value_kind(value)
+            if kind == "list of mixed types":
+                return (
+                    f"row {index}, column {column!r}: a list mixing types ({[type(v).__name__ for v in value][:6]}); "
+                    "make every element a string (e.g. str(step)) or drop the row"
+                )
+            if kind == "null" or kind.endswith("nothing"):
+                continue
+            if column not in first:
+                first[column] = (index, kind)
+            elif first[column][1] != kind:
+                where, expected = first[column]
+                return (
+                    f"row {index}, column {column!r}: {kind} {value!r:.60}, but row {where} has a {expected}; give the "
+                    "column one type (e.g. a list of step strings for the steps, str(answer) for the gold) or drop "
+                    "the row"
+                )
+    return None
+
+
+def _dataset_from_rows(rows: list):
+    """`Dataset.from_list`, with an error naming the row, the column and the fix instead of Arrow's."""
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_list(rows)
+    except Exception as error:  # pyarrow.ArrowInvalid / ArrowTypeError / TypeError, depending on the mix
+        problem = find_mixed_types(rows)
+        if problem is None:
+            raise
+        raise ValueError(f"The input rows cannot form a dataset: {problem}. (Arrow: {error})") from None
 
 
 def partial_state():
@@ -313,7 +401,11 @@ class ERPRMLabeler:
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
             )
         else:
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": prefix_text}]
+            # The user turn asks for the answer format the grader reads best (unless the prompt already does).
+            question = (
+                prompt if c.user_instruction in prompt else "\n".join(filter(None, [prompt, c.user_instruction]))
+            )
+            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": prefix_text}]
             text = tok.apply_chat_template(messages, tokenize=False, continue_final_message=True)
             # The separator is added after rendering: templates may strip a trailing newline from the message.
             text = text + steps.separator
@@ -353,7 +445,9 @@ class ERPRMLabeler:
 
         Returns:
             `list[dict]`: One record per row: `index`, `status`, `status_message`, `step_outcomes` (`None` unless
-            `status == "ok"`), `num_rollouts`, `num_empty_rollouts`, `num_grading_failures`.
+            `status == "ok"`), `num_rollouts`, `num_empty_rollouts`, `num_no_answer_rollouts` (graded 0: no final
+            answer found), `num_grading_failures` (left out of the outcomes: timeouts and worker errors) and
+            `num_grading_timeouts` (of which timeouts).
         """
         c = self.config
         records: dict[int, dict] = {}
@@ -370,13 +464,19 @@ class ERPRMLabeler:
         alive = []
         for p, result in zip(pending, full):
             if result.status == "gold_unparsable":
-                records[p.index] = _record(
-                    p.index, "gold_unparsable", f"math-verify cannot parse the gold answer {p.gold!r}"
+                message = (
+                    f"math-verify cannot parse the gold answer {p.gold!r:.200}; fix the gold answer or drop the row"
                 )
+                records[p.index] = _record(p.index, "gold_unparsable", message)
+            elif result.status == "timeout":
+                message = (
+                    "grading the full solution timed out (even on the retry with the longer limit); raise "
+                    "grading_timeout if the machine is loaded"
+                )
+                records[p.index] = _record(p.index, "grading_timeout", message, counts={"failures": 1, "timeouts": 1})
             elif result.status not in _GRADED:
-                records[p.index] = _record(
-                    p.index, "grading_failed", f"grading the full solution failed ({result.status})", failures=1
-                )
+                message = f"grading the full solution failed ({result.status})"
+                records[p.index] = _record(p.index, "grading_failed", message, counts={"failures": 1})
             else:
                 p.last_outcome = result.reward
                 alive.append(p)
@@ -403,25 +503,32 @@ class ERPRMLabeler:
             results = graded[position : position + len(ts)]
             position += len(ts)
             empty = sum(1 for t in ts if not t.strip())
-            p.empty += empty
-            p.failures += sum(1 for r in results if r.status not in _GRADED)
+            p.counts["empty"] += empty
+            p.counts["no_answer"] += sum(1 for r in results if r.status == "no_answer")
+            p.counts["failures"] += sum(1 for r in results if r.status not in _GRADED)
+            p.counts["timeouts"] += sum(1 for r in results if r.status == "timeout")
+            # A timeout or a worker error is not a wrong answer: the rollout is left out of the step's outcomes.
             p.outcomes.append([r.reward for r in results if r.status in _GRADED])
             if empty == len(ts) and p.no_text_step is None:
-                p.no_text_step = length
+                p.no_text_step = length - 1
+            if not p.outcomes[-1] and p.ungraded_step is None:
+                p.ungraded_step = (length - 1, all(r.status == "timeout" for r in results))
         for p in alive:
-            rollouts = (len(p.steps) - 1) * c.num_rollouts
+            status, message = "ok", ""
             if p.no_text_step is not None:
-                message = (
-                    f"the generator returned no text for all {c.num_rollouts} rollouts of step {p.no_text_step - 1}"
-                )
-                records[p.index] = _record(p.index, "no_text", message, None, rollouts, p.empty, p.failures)
-            elif any(len(o) == 0 for o in p.outcomes):
-                step = next(k for k, o in enumerate(p.outcomes) if not o)
-                message = f"grading failed (timeout or error) for every rollout of step {step}"
-                records[p.index] = _record(p.index, "grading_failed", message, None, rollouts, p.empty, p.failures)
-            else:
-                outcomes = [*p.outcomes, [p.last_outcome]]
-                records[p.index] = _record(p.index, "ok", "", outcomes, rollouts, p.empty, p.failures)
+                status = "no_text"
+                message = f"the generator returned no text for all {c.num_rollouts} rollouts of step {p.no_text_step}"
+            elif p.ungraded_step is not None:
+                step, timed_out = p.ungraded_step
+                status = "grading_timeout" if timed_out else "grading_failed"
+                message = f"grading {'timed out' if timed_out else 'failed'} for every rollout of step {step}"
+                if timed_out:
+                    message += (
+                        " (even on the retry with the longer limit); raise grading_timeout if the machine is loaded"
+                    )
+            outcomes = [*p.outcomes, [p.last_outcome]] if status == "ok" else None
+            rollouts = (len(p.steps) - 1) * c.num_rollouts
+            records[p.index] = _record(p.index, status, message, outcomes, rollouts, p.counts)
         return [records[i] for i in indices]
 
     # -- the job ------------------------------------------------------------------------------------------------------
@@ -456,7 +563,8 @@ class ERPRMLabeler:
 
         Each process of an `accelerate launch` labels its share of the batches and appends its results to the job
         folder; the main process merges them, computes `labels` with `eta`, saves the dataset to
-        `output_dir/dataset` (and pushes it if asked), and every process returns it.
+        `output_dir/dataset` (and pushes it if asked), and every process returns it. While the job runs, its folder
+        is locked: a second job started on it stops at once, naming this one.
 
         Args:
             dataset (`datasets.Dataset` or `list[dict]`):
@@ -464,15 +572,21 @@ class ERPRMLabeler:
 
         Returns:
             `datasets.Dataset`: The input columns plus `step_outcomes`, `labels`, `status`, `status_message`,
-            `num_rollouts`, `num_empty_rollouts` and `num_grading_failures`.
+            `num_rollouts`, `num_empty_rollouts`, `num_no_answer_rollouts`, `num_grading_failures` and
+            `num_grading_timeouts`.
+
+        Raises:
+            `ValueError`: A missing column, rows of mixed types (naming the row and the column), or an output folder
+                holding another job.
+            [`~trl_erprm.jobs.JobLockedError`]: Another job is running in `output_dir`.
+            [`~trl_erprm.jobs.JobFolderError`]: `output_dir` is read-only, full, or a file.
         """
-        from datasets import Dataset, load_from_disk
-        from tqdm.auto import tqdm
+        from datasets import Dataset
 
         c = self.config
         state = partial_state()
         if not isinstance(dataset, Dataset):
-            dataset = Dataset.from_list(list(dataset))
+            dataset = _dataset_from_rows(list(dataset))
         for column in (c.prompt_column, c.completions_column, c.gold_column):
             if column not in dataset.column_names:
                 name = {c.prompt_column: "prompt_column", c.completions_column: "completions_column"}.get(
@@ -486,23 +600,41 @@ class ERPRMLabeler:
         completions = dataset[c.completions_column]
         golds = dataset[c.gold_column]
         num_rows = len(dataset)
-        data_hash = store.content_hash(zip(prompts, completions, golds))
-        job = {**c.job_arguments(), "backend": self.backend_name}
-        manifest = store.make_manifest(job, num_rows, data_hash)
+        data_hash = jobs.content_hash(zip(prompts, completions, golds))
+        manifest = jobs.make_manifest(
+            LABELS_FORMAT, {**c.job_arguments(), "backend": self.backend_name}, num_rows, data_hash
+        )
         root = Path(c.output_dir)
+        store = jobs.JobStore(
+            root, manifest, rank=state.process_index, outputs=(DATASET, SUMMARY), overwrite=c.overwrite
+        )
+        try:
+            if state.is_main_process:
+                store.open()
+                with jobs.folder_errors(root, "remove the previous summary"):
+                    (root / SUMMARY).unlink(missing_ok=True)
+            state.wait_for_everyone()
+            if not state.is_main_process:
+                store.open()
+            return self._run_job(dataset, store, state, prompts, completions, golds)
+        finally:
+            store.close()
 
-        if state.is_main_process:
-            store.prepare_job_dir(root, manifest, overwrite=c.overwrite)
-            (root / store.SUMMARY).unlink(missing_ok=True)
-        state.wait_for_everyone()
-        store.check_job_dir(root, manifest)
+    def _run_job(self, dataset, store: jobs.JobStore, state, prompts, completions, golds):
+        """The body of [`label`], with the job folder open."""
+        from datasets import load_from_disk
+        from tqdm.auto import tqdm
 
-        done = set(store.read_results(root))
+        c, root, num_rows = self.config, store.root, len(dataset)
+        done = set(store.read_results())
         batches = [range(s, min(s + c.batch_size, num_rows)) for s in range(0, num_rows, c.batch_size)]
         mine = [b for k, b in enumerate(batches) if k % state.num_processes == state.process_index]
         total = sum(len(b) for b in mine)
         todo = [[i for i in b if i not in done] for b in mine]
         self.generation_seconds, self.rollouts_generated = 0.0, 0
+        self._graded_rollouts, self._no_answer_rollouts, self._warned_no_answer = 0, 0, False
+        if any(todo):
+            self._start_up(verbose=state.is_local_main_process, rows=sum(len(b) for b in todo))
         started = time.perf_counter()
         bar = tqdm(
             total=total,
@@ -512,7 +644,7 @@ class ERPRMLabeler:
             dynamic_ncols=True,
             disable=not state.is_local_main_process,
         )
-        with store.PartWriter(root, state.process_index) as writer:
+        with store.writer() as writer:
             for batch in todo:
                 if not batch:
                     continue
@@ -520,6 +652,7 @@ class ERPRMLabeler:
                     batch, [prompts[i] for i in batch], [completions[i] for i in batch], [golds[i] for i in batch]
                 )
                 writer.write(records)
+                self._watch_answers(records)
                 bar.update(len(batch))
                 elapsed = max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(rollouts_per_s=f"{self.rollouts_generated / elapsed:.1f}")
@@ -527,33 +660,70 @@ class ERPRMLabeler:
         run_seconds = time.perf_counter() - started
 
         if state.is_main_process:
-            results = self._wait_for_rows(root, num_rows)
-            labelled = self._build_dataset(dataset, store.ordered_results(results, num_rows))
+            results = self._wait_for_rows(store, num_rows)
+            labelled = self._build_dataset(dataset, jobs.ordered_results(results, num_rows))
             # Save next to the old copy, then swap: the input may itself be memory-mapped from the old copy.
-            staging = root / f"{store.DATASET}.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            labelled.save_to_disk(str(staging))
-            shutil.rmtree(root / store.DATASET, ignore_errors=True)
-            os.replace(staging, root / store.DATASET)
+            staging = root / f"{DATASET}.tmp"
+            with jobs.folder_errors(root, "save the labelled dataset"):
+                shutil.rmtree(staging, ignore_errors=True)
+                labelled.save_to_disk(str(staging))
+                shutil.rmtree(root / DATASET, ignore_errors=True)
+                os.replace(staging, root / DATASET)
             self.summary = self._summarize(labelled, run_seconds)
-            store.write_summary(root, self.summary)
+            store.write_json(SUMMARY, self.summary)
             self._log_summary(self.summary)
             if c.push_to_hub:
                 labelled.push_to_hub(c.hub_dataset_id, private=c.hub_private)
         else:
             delay = 0.2
-            while not (root / store.SUMMARY).is_file():
+            while not (root / SUMMARY).is_file():
                 time.sleep(delay)
                 delay = min(2 * delay, 10.0)
-            self.summary = json.loads((root / store.SUMMARY).read_text())
-        return load_from_disk(str(root / store.DATASET))
+            self.summary = json.loads((root / SUMMARY).read_text())
+        return load_from_disk(str(root / DATASET))
+
+    def _start_up(self, verbose: bool, rows: int) -> None:
+        """Start the grader's workers in the background, then load the generator, saying what happens meanwhile."""
+        say = logger.info if verbose else logger.debug
+        say(f"ER-PRM labeling: {rows} rows to label in {self.config.output_dir}.")
+        if isinstance(self.grader, MathVerifyGrader):
+            say(f"Starting {self.grader.num_workers} grading worker(s) in the background (math-verify).")
+            self.grader.start()
+        if self._backend is None:
+            say(f"Loading the generator {self.config.model_name_or_path} ({self.config.backend} backend)...")
+            start = time.perf_counter()
+            _ = self.backend
+            say(f"Generator loaded in {time.perf_counter() - start:.1f} s; labeling.")
+
+    def _watch_answers(self, records: list[dict]) -> None:
+        """Warn once, as soon as it shows, when most rollouts have no final answer the grader can read."""
+        for record in records:
+            # (A row whose full solution failed grading has one failure and no rollout.)
+            self._graded_rollouts += max(0, record["num_rollouts"] - record["num_grading_failures"])
+            self._no_answer_rollouts += record["num_no_answer_rollouts"]
+        if not self._warned_no_answer and self._graded_rollouts >= _NO_ANSWER_MIN_ROLLOUTS:
+            message = self._no_answer_warning(self._no_answer_rollouts, self._graded_rollouts)
+            if message:
+                logger.warning(message + " (so far; the job goes on)")
+                self._warned_no_answer = True
+
+    def _no_answer_warning(self, no_answer: int, graded: int) -> str | None:
+        if graded <= 0 or no_answer / graded <= NO_ANSWER_WARNING_SHARE:
+            return None
+        return (
+            f"{no_answer} of {graded} rollouts ({no_answer / graded:.0%}) have no final answer the grader can read, "
+            "so they count as wrong: the steps' labels are mostly noise. Make the generator state its answer as "
+            "\\boxed{...} or 'The answer is ...' (user_instruction, now "
+            f"{self.config.user_instruction!r:.80}), use prefix_placement='user' for a model that ignores the "
+            "instruction, or raise max_new_tokens if rollouts are cut off before their answer"
+        )
 
     @staticmethod
-    def _wait_for_rows(root: Path, num_rows: int) -> dict[int, dict]:
+    def _wait_for_rows(store: jobs.JobStore, num_rows: int) -> dict[int, dict]:
         """Results of all rows, waiting for the other processes (no collective: shards may take hours apart)."""
         delay = 0.2
         while True:
-            results = store.read_results(root)
+            results = store.read_results()
             if len(results) >= num_rows:
                 return results
             time.sleep(delay)
@@ -567,17 +737,17 @@ class ERPRMLabeler:
             if name in dataset.column_names:
                 logger.warning(f"The input column {name!r} is kept as 'input_{name}': the labeler writes {name!r}.")
                 dataset = dataset.rename_column(name, f"input_{name}")
-        columns = {name: [r[name] for r in records] for name in _OUTPUT_COLUMNS if name != "labels"}
-        columns["labels"] = labels_for_rows([r["step_outcomes"] for r in records], c.eta)
+        # Records written before a count existed (an older job folder) read as 0 for it.
+        columns = {name: [r.get(name, 0) for r in records] for name in _COUNT_COLUMNS}
+        columns.update({name: [r[name] for r in records] for name in ("step_outcomes", "status", "status_message")})
+        columns["labels"] = labels_for_rows(columns["step_outcomes"], c.eta)
         features = Features(
             {
                 "step_outcomes": Sequence(Sequence(Value("float64"))),
-                "labels": Sequence(Value("float64")),
                 "status": Value("string"),
                 "status_message": Value("string"),
-                "num_rollouts": Value("int64"),
-                "num_empty_rollouts": Value("int64"),
-                "num_grading_failures": Value("int64"),
+                "labels": Sequence(Value("float64")),
+                **{name: Value("int64") for name in _COUNT_COLUMNS},
             }
         )
         merged = concatenate_datasets([dataset, Dataset.from_dict(columns, features=features)], axis=1)
@@ -591,9 +761,7 @@ class ERPRMLabeler:
             "num_rows": len(labelled),
             "status_counts": {s: counts.get(s, 0) for s in ROW_STATUSES if counts.get(s, 0)},
             "num_labelled_rows": ok,
-            "num_rollouts": int(sum(labelled["num_rollouts"])),
-            "num_empty_rollouts": int(sum(labelled["num_empty_rollouts"])),
-            "num_grading_failures": int(sum(labelled["num_grading_failures"])),
+            **{name: int(sum(labelled[name])) for name in _COUNT_COLUMNS},
             "this_run": {
                 "seconds": round(run_seconds, 3),
                 "rollouts_generated": self.rollouts_generated,
@@ -605,11 +773,26 @@ class ERPRMLabeler:
 
     def _log_summary(self, summary: dict) -> None:
         counts = ", ".join(f"{n} {s}" for s, n in summary["status_counts"].items())
-        message = f"ER-PRM labeling: {summary['num_rows']} rows ({counts}); saved to {self.config.output_dir}/dataset"
+        message = (
+            f"ER-PRM labeling: {summary['num_rows']} rows ({counts}); {summary['num_rollouts']} rollouts, "
+            f"{summary['num_no_answer_rollouts']} without a final answer, {summary['num_grading_timeouts']} grading "
+            f"timeouts and {summary['num_grading_failures'] - summary['num_grading_timeouts']} grading errors (left "
+            f"out of the labels); saved to {self.config.output_dir}/{DATASET}"
+        )
         if summary["num_labelled_rows"] < summary["num_rows"]:
             logger.warning(message + ". Rows whose status is not 'ok' have no labels: see status_message.")
         else:
             logger.info(message)
+        if summary["num_grading_timeouts"]:
+            logger.warning(
+                f"{summary['num_grading_timeouts']} rollouts timed out in grading, even on the retry with a longer "
+                "limit: they are left out of their steps' outcomes (not counted as wrong). Raise grading_timeout or "
+                "grading_num_workers if the machine is loaded."
+            )
+        graded = max(0, summary["num_rollouts"] - summary["num_grading_failures"])
+        warning = self._no_answer_warning(summary["num_no_answer_rollouts"], graded)
+        if warning:
+            logger.warning(warning + ".")
 
     # -- training ---------------------------------------------------------------------------------------------------
 
@@ -755,7 +938,7 @@ def main(argv: Sequence[str] | None = None):
         `datasets.Dataset`: The labelled dataset.
     """
     logging.basicConfig(format="%(message)s")
-    logger.setLevel(logging.INFO)
+    logging.getLogger("trl_erprm").setLevel(logging.INFO)  # start-up, resume and summary messages
     script_args, config = make_parser().parse_args_and_config(args=argv)
     return run(script_args, config)
 

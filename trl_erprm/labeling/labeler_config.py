@@ -72,14 +72,16 @@ class ERPRMLabelerConfig:
         > Prompts
 
         prefix_placement (`str`, *optional*, defaults to `"assistant"`):
-            How a step prefix is shown to a chat model. `"assistant"`: the problem is the user turn and the prefix
-            starts the assistant turn, which the model continues (`continue_final_message=True`); the rollout graded
-            is prefix + continuation. `"user"`: the problem, the prefix and `user_instruction` form the user turn and
+            How a step prefix is shown to a chat model. `"assistant"`: the problem and `user_instruction` are the user
+            turn and the prefix starts the assistant turn, which the model continues (`continue_final_message=True`);
+            the rollout graded is prefix + continuation. `"user"`: the problem, the prefix and `user_instruction` form the user turn and
             the model answers from scratch (the reference implementation); the rollout graded is the answer alone.
             `"plain"`: no chat template, the text `prompt + step_separator + prefix + step_separator` is continued
             (base models).
         user_instruction (`str`, *optional*, defaults to `"Please reason step by step, and put your final answer within \\boxed{}."`):
-            Text that follows the prefix in the user turn when `prefix_placement="user"`.
+            Instruction in the user turn (after the problem with `prefix_placement="assistant"`, after the prefix with
+            `"user"`; not added when the problem already contains it, and unused with `"plain"`). The default asks for
+            `\\boxed{}`, the form the grader reads best; an empty string adds nothing.
         step_separator (`str`, *optional*, defaults to `"\n"`):
             The text that ends a step ([`~trl_erprm.steps.StepFormat`]): it joins the steps of the full solution and
             ends each prefix, so that the rollout starts a new step.
@@ -146,7 +148,7 @@ class ERPRMLabelerConfig:
         metadata={"help": "Where the step prefix goes.", "choices": list(PREFIX_PLACEMENTS)},
     )
     user_instruction: str = field(
-        default=REFERENCE_INSTRUCTION, metadata={"help": "Instruction after the prefix (prefix_placement='user')."}
+        default=REFERENCE_INSTRUCTION, metadata={"help": "Instruction in the user turn (asks for \\boxed{})."}
     )
     step_separator: str = field(
         default="\n", metadata={"help": "The text that ends a step (joins steps, ends prefixes)."}

@@ -499,6 +499,7 @@ def _label(config, policy_path: str, model, tokenizer, problems, solutions: list
         max_new_tokens=config.max_new_tokens,
         seed=stage_seed(config.seed, "rollouts"),
         prefix_placement="assistant",  # the policy continues its own assistant turn
+        user_instruction="",  # the policy was trained on the bare problem (and writes \\boxed{} already)
         step_separator=STEP_SEPARATOR,
         eta=config.eta,
         output_dir=str(out / "labels"),
