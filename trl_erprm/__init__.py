@@ -12,6 +12,7 @@ from .labeling import ERPRMLabeler, ERPRMLabelerConfig, GradeResult, MathVerifyG
 from .prime import PRIMECallback, PRIMEConfig
 from .prl import PRLCallback, PRLConfig, separator_token_ids
 from .prm import TRL_HAS_PRM, PRMConfig, PRMTrainer
+from .search import SearchConfig, SearchParams, beam_search, dvts, run_search
 
 
 __all__ = [
@@ -34,9 +35,14 @@ __all__ = [
     "PRLConfig",
     "PRMConfig",
     "PRMTrainer",
+    "SearchConfig",
+    "SearchParams",
     "aggregate_steps",
+    "beam_search",
     "compute_soft_metrics",
+    "dvts",
     "er_label",
     "resolve_eta",
+    "run_search",
     "separator_token_ids",
 ]
