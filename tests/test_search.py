@@ -227,6 +227,22 @@ def test_dvts_splits_the_budget_into_independent_greedy_subtrees():
     assert [b.text for b in single.finished] == [b.text for b in trees[0].finished]
 
 
+def test_results_depend_on_the_problem_index_not_on_the_batch():
+    from trl_erprm.search import search_records
+
+    problems = [SearchProblem(f"P{i}:", f"P{i}", "1") for i in range(3)]
+    params = SearchParams(max_steps=4)
+    with MathVerifyGrader() as grader:
+        together = search_records(problems, HashGenerator(), HashScorer(), grader, params, [2, 4], 2, num_seeds=2)
+        alone = [
+            search_records([p], HashGenerator(), HashScorer(), grader, params, [2, 4], 2, num_seeds=2, indices=[i])
+            for i, p in enumerate(problems)
+        ]
+        again = search_records(problems, HashGenerator(), HashScorer(), grader, params, [2, 4], 2, num_seeds=2)
+    assert together == [r for records in alone for r in records] == again
+    assert together[0]["runs"][0] != together[0]["runs"][1]  # the repetitions differ
+
+
 def test_bad_sizes_and_settings_are_refused():
     with pytest.raises(ValueError, match="multiple of the beam width"):
         BeamTree("Q", "Q", 6, 4, 0, SearchParams())
@@ -317,7 +333,7 @@ class Recording:
     """Passes calls on to a real backend and keeps the prompts it saw and the tokens it returned."""
 
     def __init__(self, backend, fail_on=None):
-        self.backend, self.fail_on, self.tokenizer = backend, fail_on, backend.tokenizer
+        self.backend, self.fail_on, self.tokenizer = backend, fail_on, getattr(backend, "tokenizer", None)
         self.prompts, self.returned_tokens = [], 0
 
     def generate_completions(self, prompts, n, sampling, seeds):
@@ -346,7 +362,7 @@ def prm(token_cls_path):
     return load_scorer(token_cls_path, step_separator="\n\n")
 
 
-def test_token_accounting_equals_the_backend_tokens(backend, prm):
+def _check_token_accounting(backend, prm):
     generator = Recording(backend)
     with MathVerifyGrader() as grader:
         problems = [SearchProblem(q, q, g) for q, g in zip(QUESTIONS, GOLDS)]
@@ -361,11 +377,47 @@ def test_token_accounting_equals_the_backend_tokens(backend, prm):
         f"{m}{s}" for m in ("beam_search", "dvts", "best_of_n") for s in ("", "_weighted")
     } | {"majority"}
     assert all(0.0 <= v["mean"] <= 1.0 for curve in report["curves"].values() for v in curve.values())
-    # Search steps ended at the separator or the limits: the tiny model writes "\n\n" now and then.
     finishes = report["finish"]
     assert finishes.get("length", 0) > 0 and sum(finishes.values()) == sum(
         len(t["candidates"]) for run in runs for t in run["trees"].values()
     ) + sum(len(run["best_of_n"]) for run in runs)
+    # Some beams went past their first step: generation stopped at the separator and resumed after it.
+    assert any(c["num_steps"] > 1 for run in runs for t in run["trees"].values() for c in t["candidates"])
+
+
+def test_token_accounting_equals_the_backend_tokens(backend, prm):
+    _check_token_accounting(backend, prm)
+
+
+@pytest.mark.parametrize("prm_type", ["token_classification", "lm_head", "implicit"])
+def test_every_kind_of_prm_guides_the_search(backend, token_cls_path, causal_lm_path, prm_type):
+    from trl_erprm.evaluation.scorers import load_scorer
+
+    path = token_cls_path if prm_type == "token_classification" else causal_lm_path
+    scorer = load_scorer(path, prm_type=prm_type, step_separator="\n\n")  # implicit: the generator's separator
+    params = SearchParams(temperature=1.0, max_step_tokens=40, max_new_tokens=40, max_steps=3, aggregation="min")
+    tree = beam_search(QUESTIONS[0], QUESTIONS[0], backend, scorer, n=4, width=2, seed=3, params=params)
+    assert tree.finished and all(len(b.step_scores) == len(b.steps) > 0 for b in tree.finished)
+    for beam in tree.finished:  # each beam's score is the min of its own step scores, freshly computed
+        assert beam.score == pytest.approx(min(beam.step_scores))
+        assert scorer.score([QUESTIONS[0]], [list(beam.steps)])[0] == pytest.approx(beam.step_scores, abs=1e-5)
+
+
+@pytest.mark.vllm
+def test_token_accounting_on_vllm(causal_lm_path, prm):
+    """The same search through vLLM's offline engine, whose stop strings are `SamplingParams(stop=...)`."""
+    import os
+
+    pytest.importorskip("vllm")
+    from trl_erprm.labeling.backends import VLLMBackend
+
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    os.environ.update(env)
+    backend = VLLMBackend(causal_lm_path, dtype="float32", enforce_eager=True, max_model_len=512)
+    try:
+        _check_token_accounting(backend, prm)
+    finally:
+        backend.close()
 
 
 def _config(data, out, **overrides):

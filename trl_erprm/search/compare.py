@@ -107,38 +107,38 @@ def _candidate(beam: Beam) -> dict:
     }
 
 
-def _build_trees(problems, indices, params, n_values, width, methods, seed, s) -> dict:
+def _build_trees(problems, jobs, params, n_values, width, methods) -> dict:
+    """The trees of every (problem, repetition) job, keyed `(job, tree_key)`; `jobs` holds `(problem, base seed)`."""
     trees: dict[tuple[int, str], BeamTree] = {}
-    for p, (problem, index) in enumerate(zip(problems, indices)):
-        base = derive_seed(seed, s, index)
+    for job, (p, base) in enumerate(jobs):
+        prompt, query = problems[p].prompt, problems[p].query
         if "beam_search" in methods:
             for n in n_values:
-                trees[(p, tree_key(n, width, 0))] = BeamTree(
-                    problem.prompt, problem.query, n, width, tree_seed(base, 0), params
-                )
+                trees[(job, tree_key(n, width, 0))] = BeamTree(prompt, query, n, width, tree_seed(base, 0), params)
         if "dvts" in methods:
             for k in range(max(n_values) // width):
-                key = (p, tree_key(width, width, k))
-                trees.setdefault(
-                    key, BeamTree(problem.prompt, problem.query, width, width, tree_seed(base, k), params)
-                )
+                tree = BeamTree(prompt, query, width, width, tree_seed(base, k), params)
+                trees.setdefault((job, tree_key(width, width, k)), tree)
     return trees
 
 
-def _best_of_n(problems, indices, generator, scorer, params, num, seed, s) -> list[list[dict]]:
-    seeds = [derive_seed(derive_seed(seed, s, index), "best_of_n") for index in indices]
-    samples = generator.generate_completions([p.prompt for p in problems], num, params.sampling(final=True), seeds)
+def _best_of_n(problems, jobs, generator, scorer, params, num) -> list[list[dict]]:
+    """`num` whole solutions per job, split into steps and scored: the Best-of-N candidates."""
+    seeds = [derive_seed(base, "best_of_n") for _, base in jobs]
+    prompts = [problems[p].prompt for p, _ in jobs]
+    samples = generator.generate_completions(prompts, num, params.sampling(final=True), seeds)
     steps = [[split_by_separator(c.text, params.step_separator) for c in row] for row in samples]
-    flat = [(p, j) for p, row in enumerate(steps) for j, s in enumerate(row) if s]
-    scores = scorer.score([problems[p].query for p, _ in flat], [steps[p][j] for p, j in flat]) if flat else []
+    flat = [(i, j) for i, row in enumerate(steps) for j, s in enumerate(row) if s]
+    queries = [problems[jobs[i][0]].query for i, _ in flat]
+    scores = scorer.score(queries, [steps[i][j] for i, j in flat]) if flat else []
     step_scores = [[[] for _ in row] for row in steps]
-    for (p, j), values in zip(flat, scores):
-        step_scores[p][j] = [float(v) for v in values]
+    for (i, j), values in zip(flat, scores):
+        step_scores[i][j] = [float(v) for v in values]
     out = []
-    for p, row in enumerate(samples):
-        aggregated = aggregate_candidate_scores(step_scores[p], params.aggregation)
+    for i, row in enumerate(samples):
+        aggregated = aggregate_candidate_scores(step_scores[i], params.aggregation)
         beams = [
-            Beam(c.text, tuple(steps[p][j]), step_scores[p][j], aggregated[j], c.finish_reason)
+            Beam(c.text, tuple(steps[i][j]), step_scores[i][j], aggregated[j], c.finish_reason)
             for j, c in enumerate(row)
         ]
         out.append([{**_candidate(b), "num_tokens": c.num_tokens} for b, c in zip(beams, row)])
@@ -219,21 +219,20 @@ def search_records(
     indices = list(range(len(problems))) if indices is None else list(indices)
     if len(indices) != len(problems):
         raise ValueError(f"Got {len(indices)} indices for {len(problems)} problems.")
-    records = [{"index": int(i), "runs": []} for i in indices]
-    for s in range(num_seeds):
-        trees = _build_trees(problems, indices, params, n_values, beam_width, methods, seed, s)
-        run_trees(list(trees.values()), generator, scorer, on_iteration)
-        runs = [{"trees": {}} for _ in problems]
-        for (p, key), tree in trees.items():
-            candidates = [_candidate(b) for b in tree.finished]
-            runs[p]["trees"][key] = {"tokens": tree.tokens, "samples": tree.samples, "candidates": candidates}
-        if "best_of_n" in methods:
-            for run, candidates in zip(
-                runs, _best_of_n(problems, indices, generator, scorer, params, max(n_values), seed, s)
-            ):
-                run["best_of_n"] = candidates
-        for record, run in zip(records, runs):
-            record["runs"].append(run)
+    # One job per (problem, repetition), all searched together; seeds derive from the problem's index, not its batch.
+    jobs = [(p, derive_seed(seed, s, index)) for p, index in enumerate(indices) for s in range(num_seeds)]
+    trees = _build_trees(problems, jobs, params, n_values, beam_width, methods)
+    run_trees(list(trees.values()), generator, scorer, on_iteration)
+    runs = [{"trees": {}} for _ in jobs]
+    for (job, key), tree in trees.items():
+        candidates = [_candidate(b) for b in tree.finished]
+        runs[job]["trees"][key] = {"tokens": tree.tokens, "samples": tree.samples, "candidates": candidates}
+    if "best_of_n" in methods:
+        for run, candidates in zip(runs, _best_of_n(problems, jobs, generator, scorer, params, max(n_values))):
+            run["best_of_n"] = candidates
+    records = [
+        {"index": int(index), "runs": runs[p * num_seeds : (p + 1) * num_seeds]} for p, index in enumerate(indices)
+    ]
     _grade(records, problems, grader)
     return records
 

@@ -271,6 +271,9 @@ def plot_accuracy_vs_tokens(
             capsize=3,
         )
     ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("generated tokens per problem")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)

@@ -21,6 +21,10 @@ class SearchConfig:
     Args:
         dataset_name (`str`):
             Problems: a Hub id, a local `.jsonl` / `.json` / `.parquet` / `.csv` file or a `save_to_disk` folder.
+        generator_model (`str`):
+            The policy (folder or Hub id; for `vllm_server`, the served model's tokenizer).
+        prm_model (`str`):
+            The PRM (folder or Hub id).
         dataset_config (`str`, *optional*):
             Hub dataset configuration.
         dataset_split (`str`, *optional*, defaults to `"test"`):
@@ -31,8 +35,6 @@ class SearchConfig:
             Column of the problem text.
         gold_column (`str`, *optional*, defaults to `"gold_answer"`):
             Column of the gold answer. A GSM8K-style solution ending in `#### N` gives `N`.
-        generator_model (`str`):
-            The policy (folder or Hub id; for `vllm_server`, the served model's tokenizer).
         generation_backend (`str`, *optional*, defaults to `"transformers"`):
             `"transformers"`, `"vllm"` (offline engine with prefix caching) or `"vllm_server"` (a running
             `trl vllm-serve`).
@@ -59,8 +61,6 @@ class SearchConfig:
         step_separator (`str`, *optional*, defaults to `"\\n\\n"`):
             Text between the generator's steps: a step's generation stops there, and Best-of-N candidates are split
             there into steps for the PRM.
-        prm_model (`str`):
-            The PRM (folder or Hub id).
         prm_type (`str`, *optional*, defaults to `"auto"`):
             `"auto"`, `"token_classification"`, `"lm_head"` or `"implicit"`.
         prm_prompt (`str`, *optional*, defaults to `"problem"`):
