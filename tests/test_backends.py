@@ -202,6 +202,41 @@ def test_contract_max_tokens(backend, tokenizer):
     assert all(text in vocabulary for samples in one_token for text in samples)
 
 
+def test_contract_stop_strings_and_token_ids(backend, tokenizer):
+    """`Sampling.stop` ends a sample at the first separator: the same tokens as without it, up to the one that
+    completes the separator; the text is cut just before it; `token_ids` are what was generated."""
+    from collections import Counter
+
+    free = Sampling(temperature=1.0, top_p=1.0, max_tokens=40)
+    full = backend.generate_completions(PROMPTS, 16, free, seeds=[1, 2, 3])
+    stopped = backend.generate_completions(PROMPTS, 16, Sampling(1.0, 1.0, 40, stop=("\n\n",)), seeds=[1, 2, 3])
+    assert backend.generate(PROMPTS, 16, free, seeds=[1, 2, 3]) == [[c.text for c in row] for row in full]
+    pairs = [(f, s) for row_f, row_s in zip(full, stopped) for f, s in zip(row_f, row_s)]
+    reasons = Counter(s.finish_reason for _, s in pairs)
+    assert reasons["stop"] >= 3 and reasons["length"] >= 3, reasons  # fixed seeds: both kinds occur
+    eos_ids = {tokenizer.eos_token_id}
+    for f, s in pairs:
+        assert f.num_tokens == len(f.token_ids) and 1 <= f.num_tokens <= 40
+        assert (f.finish_reason == "length") == (f.num_tokens == 40 and f.token_ids[-1] not in eos_ids)
+        if f.finish_reason == "eos":
+            assert f.token_ids[-1] in eos_ids
+        if s.finish_reason == "stop":
+            assert s.token_ids == f.token_ids[: s.num_tokens]
+            assert "\n\n" not in s.text and f.text.startswith(s.text + "\n\n")
+            assert "\n\n" in tokenizer.decode(list(s.token_ids), skip_special_tokens=True)
+            assert "\n\n" not in tokenizer.decode(list(s.token_ids[:-1]), skip_special_tokens=True)
+        else:  # no separator before the sample ended: exactly the sample without stop strings
+            assert s == f and "\n\n" not in f.text
+
+
+def test_sampling_stop_validation():
+    assert Sampling(stop=["\n\n", "Step"]).stop == ("\n\n", "Step")
+    with pytest.raises(ValueError, match="stop must be a sequence of non-empty strings"):
+        Sampling(stop="\n\n")
+    with pytest.raises(ValueError, match="stop must be a sequence of non-empty strings"):
+        Sampling(stop=("",))
+
+
 def test_contract_bad_requests(backend):
     with pytest.raises(ValueError, match="one seed per prompt"):
         backend.generate(PROMPTS, 2, RANDOM, seeds=[1])

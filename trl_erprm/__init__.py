@@ -26,6 +26,7 @@ _import_structure = {
     "labeling.labeler_config": ["ERPRMLabelerConfig"],
     "grpo": ["PRIMEConfig", "PRIMETrainer", "PRLConfig", "PRLTrainer"],
     "prm": ["TRL_HAS_PRM", "PRMConfig", "PRMTrainer"],
+    "search": ["SearchConfig", "SearchParams", "beam_search", "dvts", "run_search"],
     "steps": ["STEP_SPLITTERS", "StepFormat", "separator_token_ids", "split_steps"],
 }
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from .labeling.labeler import ERPRMLabeler
     from .labeling.labeler_config import ERPRMLabelerConfig
     from .prm import TRL_HAS_PRM, PRMConfig, PRMTrainer
+    from .search import SearchConfig, SearchParams, beam_search, dvts, run_search
     from .steps import STEP_SPLITTERS, StepFormat, separator_token_ids, split_steps
 else:
     sys.modules[__name__] = LazyModule(

@@ -1,4 +1,4 @@
-"""The `trl-erprm` command line: `trl-erprm quickstart | label | bon | stepeval ...`."""
+"""The `trl-erprm` command line: `trl-erprm quickstart | label | bon | stepeval | search ...`."""
 
 from __future__ import annotations
 
@@ -25,13 +25,20 @@ def _stepeval(argv: list[str]) -> int:
     return 0
 
 
+def _search(argv: list[str]) -> int:
+    from .search import search_main
+
+    search_main(argv)
+    return 0
+
+
 def _label(argv: list[str]) -> int:
     from .labeling.labeler import cli_main
 
     return cli_main(argv)
 
 
-COMMANDS = {"quickstart": _quickstart, "label": _label, "bon": _bon, "stepeval": _stepeval}
+COMMANDS = {"quickstart": _quickstart, "label": _label, "bon": _bon, "stepeval": _stepeval, "search": _search}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,12 @@ Every backend turns a list of prompts into `n` sampled continuations per prompt:
 
 ```python
 backend.generate(prompts, n, sampling, seeds) -> list[list[str]]  # len(prompts) lists of n texts
+backend.generate_completions(prompts, n, sampling, seeds) -> list[list[Completion]]  # texts, token ids, finish
 ```
+
+`Sampling.stop` ends a sample at the first occurrence of a stop string (the string itself is not returned), which is
+how step-level search generates one step at a time; [`Completion`] carries the generated token ids (so every
+generated token can be counted) and why the sample ended.
 
 - [`TransformersBackend`]: `model.generate` on one padded batch (CPU, tests, small jobs).
 - [`VLLMBackend`]: vLLM's offline engine with prefix caching (the GPU path).
@@ -25,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
+from transformers import StoppingCriteria
 
 
 Prompt = str | list[int]
@@ -41,19 +47,69 @@ class Sampling:
             Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`. `1.0` keeps all.
         max_tokens (`int`, *optional*, defaults to `1024`):
             Maximum number of generated tokens per sample.
+        stop (`tuple[str, ...]`, *optional*, defaults to `()`):
+            Stop strings: a sample ends at the first occurrence of any of them in its text, which is cut just before
+            it (vLLM's `SamplingParams(stop=...)` semantics). Empty: samples end at EOS or `max_tokens` only.
     """
 
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 1024
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop must be a sequence of non-empty strings, got {self.stop!r}.")
+        object.__setattr__(self, "stop", tuple(self.stop))
         if not self.temperature >= 0.0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}.")
+
+
+#: Why a sample ended: at a stop string, at an EOS token, or at `max_tokens`.
+FINISH_REASONS = ("stop", "eos", "length")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation with what it cost.
+
+    Args:
+        text (`str`):
+            The decoded continuation (special tokens removed), cut before the stop string when it ended at one.
+        token_ids (`tuple[int, ...]`):
+            Every generated token, including the EOS token or the token(s) that completed the stop string.
+        finish_reason (`str`):
+            One of [`FINISH_REASONS`]: `"stop"` (a stop string of `Sampling.stop`), `"eos"` or `"length"`.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+
+    @property
+    def num_tokens(self) -> int:
+        """`int`: The number of generated tokens (what the sample cost)."""
+        return len(self.token_ids)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut a text just before the first occurrence of any stop string.
+
+    Args:
+        text (`str`):
+            A decoded continuation.
+        stop (`Sequence[str]`):
+            Stop strings.
+
+    Returns:
+        `tuple[str, bool]`: The text up to the earliest stop string, and whether one was found.
+    """
+    found = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(found)], True) if found else (text, False)
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -125,6 +181,31 @@ class _SeededSampler:
         tokens = sample_from_uniform(scores, uniforms, self.sampling.temperature, self.sampling.top_p)
         out = torch.full_like(scores, -float("inf"))
         return out.scatter_(1, tokens.unsqueeze(-1), 0.0)
+
+
+class _StopOnStrings(StoppingCriteria):
+    """`StoppingCriteria` that ends each row at the first stop string in its generated text, remembering where.
+
+    Only the last tokens are decoded at each step (a window long enough to hold any stop string), so the check costs
+    the same at every position; `stopped_at[b]` is the number of generated tokens of row `b` when it stopped.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_length: int, batch_size: int):
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        self.prompt_length = prompt_length
+        self.window = max(len(s.encode()) for s in stop) + 1
+        self.stopped_at: list[int | None] = [None] * batch_size
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        generated = input_ids.shape[1] - self.prompt_length
+        start = input_ids.shape[1] - min(self.window, generated)
+        for b, row in enumerate(input_ids[:, start:].tolist()):
+            if self.stopped_at[b] is None:
+                tail = self.tokenizer.decode(row, skip_special_tokens=True)
+                if any(s in tail for s in self.stop):
+                    self.stopped_at[b] = generated
+        return torch.tensor([s is not None for s in self.stopped_at], dtype=torch.bool, device=input_ids.device)
 
 
 def _check_request(prompts: Sequence[Prompt], n: int, seeds: Sequence[int] | None) -> list[int]:
@@ -200,16 +281,21 @@ class TransformersBackend:
     def _encode(self, prompt: Prompt) -> list[int]:
         return list(prompt) if not isinstance(prompt, str) else self.tokenizer(prompt)["input_ids"]
 
-    def _decode(self, token_ids: list[int]) -> str:
-        for i, token in enumerate(token_ids):
-            if token in self.eos_token_ids:
-                token_ids = token_ids[:i]
-                break
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+    def _completion(self, token_ids: list[int], stopped_at: int | None, sampling: Sampling) -> Completion:
+        """The completion of one generated row: cut at its first EOS or at its stop string, whichever came first."""
+        eos = next((i for i, token in enumerate(token_ids) if token in self.eos_token_ids), None)
+        if eos is not None and (stopped_at is None or eos < stopped_at):
+            kept = token_ids[: eos + 1]
+            return Completion(self.tokenizer.decode(kept[:-1], skip_special_tokens=True), tuple(kept), "eos")
+        if stopped_at is not None:
+            kept = token_ids[:stopped_at]
+            text, _ = cut_at_stop(self.tokenizer.decode(kept, skip_special_tokens=True), sampling.stop)
+            return Completion(text, tuple(kept), "stop")
+        return Completion(self.tokenizer.decode(token_ids, skip_special_tokens=True), tuple(token_ids), "length")
 
     @torch.no_grad()
-    def _generate_chunk(self, prompt_ids: list[list[int]], seeds: list[int], sampling: Sampling) -> list[str]:
-        from transformers import GenerationConfig, LogitsProcessorList
+    def _generate_chunk(self, prompt_ids: list[list[int]], seeds: list[int], sampling: Sampling) -> list[Completion]:
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         length = max(len(p) for p in prompt_ids)
         device = self.model.device
@@ -223,13 +309,16 @@ class TransformersBackend:
             eos_token_id=sorted(self.eos_token_ids),
         )
         sampler = _SeededSampler(seeds, length, sampling.max_tokens, sampling)
+        stopper = _StopOnStrings(self.tokenizer, sampling.stop, length, len(prompt_ids)) if sampling.stop else None
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             generation_config=config,
             logits_processor=LogitsProcessorList([sampler]),
+            stopping_criteria=StoppingCriteriaList([stopper] if stopper is not None else []),
         )
-        return [self._decode(row[length:].tolist()) for row in output]
+        stopped = stopper.stopped_at if stopper is not None else [None] * len(prompt_ids)
+        return [self._completion(row[length:].tolist(), at, sampling) for row, at in zip(output, stopped)]
 
     def generate(
         self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seeds: Sequence[int] | None = None
@@ -242,29 +331,54 @@ class TransformersBackend:
             n (`int`):
                 Number of samples per prompt.
             sampling ([`Sampling`]):
-                Temperature, top-p and maximum new tokens.
+                Temperature, top-p, maximum new tokens and stop strings.
             seeds (`list[int]`, *optional*):
                 One seed per prompt; sample `j` of prompt `i` uses the stream `derive_seed(seeds[i], j)`.
 
         Returns:
             `list[list[str]]`: For every prompt, its `n` decoded continuations (without the prompt).
         """
+        return _texts(self.generate_completions(prompts, n, sampling, seeds))
+
+    def generate_completions(
+        self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        """Sample `n` continuations of every prompt, with their token ids and finish reasons.
+
+        Args:
+            prompts (`list[str]` or `list[list[int]]`):
+                Prompts as text (tokenized with the tokenizer's special tokens) or token ids.
+            n (`int`):
+                Number of samples per prompt.
+            sampling ([`Sampling`]):
+                Temperature, top-p, maximum new tokens and stop strings.
+            seeds (`list[int]`, *optional*):
+                One seed per prompt; sample `j` of prompt `i` uses the stream `derive_seed(seeds[i], j)`.
+
+        Returns:
+            `list[list[Completion]]`: For every prompt, its `n` [`Completion`]s; the texts are those of
+            [`generate`].
+        """
         seeds = _check_request(prompts, n, seeds)
         sequences = [(self._encode(p), derive_seed(s, j)) for p, s in zip(prompts, seeds) for j in range(n)]
         # Similar lengths together waste less padding; the per-sequence seeds make the grouping invisible.
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
-        texts: list[str | None] = [None] * len(sequences)
+        completions: list[Completion | None] = [None] * len(sequences)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             outputs = self._generate_chunk(
                 [sequences[i][0] for i in chunk], [sequences[i][1] for i in chunk], sampling
             )
-            for i, text in zip(chunk, outputs):
-                texts[i] = text
-        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+            for i, completion in zip(chunk, outputs):
+                completions[i] = completion
+        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def close(self) -> None:
         """Release nothing: the model is freed with the backend."""
+
+
+def _texts(completions: list[list[Completion]]) -> list[list[str]]:
+    return [[c.text for c in samples] for samples in completions]
 
 
 def _token_prompt(prompt: Prompt) -> dict:
@@ -343,6 +457,13 @@ class VLLMBackend:
         self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seeds: Sequence[int] | None = None
     ) -> list[list[str]]:
         """Sample `n` continuations of every prompt (same contract as [`TransformersBackend.generate`])."""
+        return _texts(self.generate_completions(prompts, n, sampling, seeds))
+
+    def generate_completions(
+        self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        """Samples with token ids and finish reasons (same contract as
+        [`TransformersBackend.generate_completions`]); stop strings go to `SamplingParams(stop=...)`."""
         from vllm import SamplingParams
 
         seeds = _check_request(prompts, n, seeds)
@@ -355,16 +476,26 @@ class VLLMBackend:
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_tokens,
                 seed=seed,
+                stop=list(sampling.stop) or None,
             )
             for seed in seeds
         ]
         outputs = self.llm.generate([_token_prompt(p) for p in prompts], params, use_tqdm=False)
-        texts = [[c.text for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
-        return [samples * (n // width) for samples in texts]
+        completions = [[_vllm_completion(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+        return [samples * (n // width) for samples in completions]
 
     def close(self) -> None:
         """Drop the engine (its memory is released when garbage collected)."""
         self.llm = None
+
+
+def _vllm_completion(output) -> Completion:
+    """A vLLM `CompletionOutput` as a [`Completion`]: `stop_reason` is the stop string, or `None` / a token id at EOS."""
+    if output.finish_reason == "length":
+        reason = "length"
+    else:
+        reason = "stop" if isinstance(output.stop_reason, str) else "eos"
+    return Completion(output.text, tuple(output.token_ids), reason)
 
 
 def _vllm_client_class():
@@ -416,11 +547,30 @@ class VLLMServerBackend:
         self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seeds: Sequence[int] | None = None
     ) -> list[list[str]]:
         """Sample `n` continuations of every prompt (same contract as [`TransformersBackend.generate`])."""
+        return _texts(self.generate_completions(prompts, n, sampling, seeds))
+
+    def _completion(self, token_ids: list[int], sampling: Sampling) -> Completion:
+        """Finish reason from the returned tokens (the client does not pass the server's on)."""
+        text, stopped = cut_at_stop(self.tokenizer.decode(token_ids, skip_special_tokens=True), sampling.stop)
+        if stopped:
+            reason = "stop"
+        elif (token_ids and token_ids[-1] == self.tokenizer.eos_token_id) or len(token_ids) < sampling.max_tokens:
+            reason = "eos"
+        else:
+            reason = "length"
+        return Completion(text, tuple(token_ids), reason)
+
+    def generate_completions(
+        self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        """Samples with token ids and finish reasons (same contract as
+        [`TransformersBackend.generate_completions`]); stop strings are sent as the request's `stop`."""
         seeds = _check_request(prompts, n, seeds)
 
         width = 1 if sampling.temperature == 0.0 else n  # the server refuses n > 1 with greedy decoding
+        extra = {"stop": list(sampling.stop)} if sampling.stop else {}
 
-        def send(i: int) -> list[str]:
+        def send(i: int) -> list[Completion]:
             result = self.client.generate(
                 [prompts[i]],
                 n=width,
@@ -428,10 +578,9 @@ class VLLMServerBackend:
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_tokens,
                 logprobs=None,
-                generation_kwargs={"seed": seeds[i]},
+                generation_kwargs={"seed": seeds[i], **extra},
             )
-            texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in result["completion_ids"]]
-            return texts * (n // width)
+            return [self._completion(ids, sampling) for ids in result["completion_ids"]] * (n // width)
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrent_requests, len(prompts)))) as pool:
             return list(pool.map(send, range(len(prompts))))
