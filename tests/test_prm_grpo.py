@@ -110,7 +110,9 @@ def test_advantages_equal_the_hand_computed_ones_and_the_policy_moves(
     torch.testing.assert_close(advantages[:, : expected.shape[1]], expected, atol=1e-5, rtol=0)
     assert advantages.abs().sum() > 0 and torch.all(advantages[:, expected.shape[1] :] == 0)
     assert changed(before, trainer.model)
-    assert logged(trainer, "prm/steps_per_completion")[0] == pytest.approx(10 / 6)  # 2, 2, 1, 2, 2 and 1 (the empty one)
+    assert logged(trainer, "prm/steps_per_completion")[0] == pytest.approx(
+        10 / 6
+    )  # 2, 2, 1, 2, 2 and 1 (the empty one)
     assert logged(trainer, "prm/no_step_fraction")[0] == pytest.approx(1 / 6)
     assert logged(trainer, "rewards/accuracy_reward/mean")  # GRPO's own reward functions still run and log
 
