@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_erprm import PRMReward, StepFormat
-from trl_erprm.evaluation.scorers import LMHeadScorer, TokenClassificationScorer, load_scorer
+from trl_erprm.evaluation.scorers import LMHeadScorer, load_scorer
 from trl_erprm.functional import aggregate_steps
 from trl_erprm.tiny import build_tiny_model
 
