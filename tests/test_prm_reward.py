@@ -158,3 +158,18 @@ def test_grpo_with_an_lm_head_prm_changes_the_policy(causal_lm_path, lm_head_prm
     assert changed(before, trainer.model)
     assert not math.isnan(logged(trainer, "rewards/lm_head_prm/mean")[-1])
     assert logged(trainer, "rewards/lm_head_prm/std")[-1] > 0  # the PRM tells the completions apart
+
+
+def test_implicit_prm_by_path_and_by_object(causal_lm_path):
+    from trl_erprm import ImplicitPRM
+    from trl_erprm.evaluation.scorers import ImplicitPRMScorer
+
+    completions = ["2 + 2 = 4.\nSo \\boxed{4}.", "5."]
+    by_path = PRMReward(causal_lm_path, prm_type="implicit", step_separator="\n", aggregation="last", ref_model=None)
+    assert isinstance(by_path.scorer, ImplicitPRMScorer) and by_path.step_format == StepFormat("\n")
+    prm = ImplicitPRM(causal_lm_path, ref_model=None, step_separator="\n")
+    expected = [r["q_at_step_ends"][-1] for r in prm.score_steps(["q"] * 2, [c.split("\n") for c in completions])]
+    assert by_path(prompts=["q"] * 2, completions=completions) == pytest.approx(expected, abs=1e-5)
+    assert PRMReward(prm, aggregation="last")(prompts=["q"] * 2, completions=completions) == pytest.approx(
+        expected, abs=1e-5
+    )
