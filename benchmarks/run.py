@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 #: Order of the page; any other `bench_*.py` found in the folder follows, alphabetically.
-ORDER = ["trainer", "grading", "labeler", "implicit_prm", "prime", "import"]
+ORDER = ["trainer", "grading", "labeler", "implicit_prm", "prime", "prm_reward", "prm_grpo", "import"]
 SUMMARY_KEYS = ("median", "min", "max", "n")
 #: Keys of a benchmark result rendered outside the measurement table.
 SPECIAL_KEYS = ("description", "settings", "ratios", "checks", "environments", "notes", "seconds", "error", "skipped")

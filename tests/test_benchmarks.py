@@ -78,7 +78,9 @@ def test_discover_puts_the_known_benchmarks_first(harness, tmp_path):
         (tmp_path / f"bench_{name}.py").write_text("def run(quick):\n    return {}\n")
     (tmp_path / "helpers.py").write_text("")
     assert harness.discover(tmp_path) == ["trainer", "prime", "alpha", "zeta"]
-    assert harness.discover() == ["trainer", "grading", "labeler", "implicit_prm", "prime", "import"]
+    assert harness.discover() == [
+        "trainer", "grading", "labeler", "implicit_prm", "prime", "prm_reward", "prm_grpo", "import",
+    ]  # fmt: skip
 
 
 def test_only_runs_the_selected_benchmark_and_writes_page_and_json(harness, bench_dir, tmp_path):

@@ -168,6 +168,7 @@ class Recorder(_compat.GRPOTrainerHooks, GRPOTrainer):
 
     def process_rollouts(self, output, rewards):
         self.rollouts.append((dict(output), rewards.clone()))
+        self.reward_inputs_seen = self.reward_inputs()
         return output
 
     def save_extra_state(self, folder):
@@ -327,3 +328,18 @@ def test_public_attributes_we_read(recorded, causal_lm_path, tmp_path):
     assert recorded.model.config.name_or_path == causal_lm_path
     plain = recorder(causal_lm_path, tmp_path)
     assert plain.beta == 0.0 and plain.ref_model is None  # beta == 0: no reference model, no reference log-probs
+
+
+def test_reward_inputs_are_the_local_rows_in_the_order_of_the_output(recorded):
+    """PRMGRPOTrainer reads the prompts and completion texts of a batch from `_calculate_rewards`'s arguments."""
+    output, _ = recorded.rollouts[0]
+    seen = recorded.reward_inputs_seen
+    B = output["completion_ids"].shape[0]
+    assert len(seen.inputs) == len(seen.prompts) == len(seen.completions) == B
+    tokenizer = recorded.processing_class
+    for row, ids, mask, prompt, completion in zip(
+        seen.inputs, output["completion_ids"], output["completion_mask"], seen.prompts, seen.completions
+    ):
+        text = completion[0]["content"] if isinstance(completion, list) else completion
+        assert text == tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+        assert prompt == row["prompt"] and row["solution"] == SOLUTIONS[prompt[-1]["content"]]

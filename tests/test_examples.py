@@ -110,6 +110,14 @@ CASES: dict[str, list[Case]] = {
             logs=(r"'rewards/implicit_prm/mean': '-?(?!0(\.0*)?')[0-9]", "rewards/accuracy_reward/mean"),
         )
     ],
+    "grpo_prm_reward.py": [
+        Case(
+            "--model_name_or_path {causal_lm} --prm_model_name_or_path {token_cls} --prm_aggregation prod "
+            f"--dataset_name {{data}}/math500_test.jsonl --max_train_samples 4 --output_dir {{out}} {GRPO} {TRAIN}",
+            outputs={"model.safetensors": ()},
+            logs=("rewards/prm_reward/mean", "prm_reward/steps_per_completion", "rewards/accuracy_reward/mean"),
+        )
+    ],
     "implicit_prm_train.py": [
         Case(
             "--model_name_or_path {causal_lm} --dataset_name {outcome_rows} --output_dir {out} "
@@ -139,11 +147,34 @@ CASES: dict[str, list[Case]] = {
             logs=("prl/kl_to_go/mean", "prl/steps_per_completion"),
         )
     ],
+    "prm_grpo.py": [
+        Case(
+            "--model_name_or_path {causal_lm} --prm_model_name_or_path {token_cls} --outcome_coef 0.5 "
+            f"--dataset_name {{data}}/math500_test.jsonl --max_train_samples 4 --output_dir {{out}} {GRPO} {TRAIN}",
+            outputs={"model.safetensors": ()},
+            logs=("prm/steps_per_completion", "prm/advantages/std", "prm/step_reward/mean"),
+        )
+    ],
     "prm_train.py": [
         Case(
             "--model_name_or_path {token_cls} --dataset_name {hard_rows} --output_dir {out} "
             f"--per_device_train_batch_size 4 {TRAIN}",
             outputs={"model.safetensors": ()},
+        )
+    ],
+    "raft.py": [
+        Case(
+            "--model_name_or_path {causal_lm} --prm_model {token_cls} --dataset_name {data}/gsm8k_test.jsonl "
+            "--prompt_column question --gold_column answer --max_problems 6 --eval_fraction 0.34 --num_rounds 1 "
+            f"--num_samples 2 --max_new_tokens 8 --per_device_train_batch_size 2 --output_dir {{out}} {TRAIN}",
+            outputs={
+                "results.json": ('"rounds"', '"accuracy"'),
+                "table.md": ("held-out accuracy",),
+                "accuracy.png": (),
+                "round-1/policy/model.safetensors": (),
+                "round-1/selection.json": ('"kept"',),
+            },
+            logs=(r"Held-out accuracy per round \(0: the initial policy\): \[", "RAFT round 1: sampling"),
         )
     ],
 }

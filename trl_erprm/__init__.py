@@ -24,8 +24,10 @@ _import_structure = {
     "labeling.grading": ["GradeResult", "MathVerifyGrader"],
     "labeling.labeler": ["ERPRMLabeler"],
     "labeling.labeler_config": ["ERPRMLabelerConfig"],
-    "grpo": ["PRIMEConfig", "PRIMETrainer", "PRLConfig", "PRLTrainer"],
+    "grpo": ["PRIMEConfig", "PRIMETrainer", "PRLConfig", "PRLTrainer", "PRMGRPOConfig", "PRMGRPOTrainer"],
     "prm": ["TRL_HAS_PRM", "PRMConfig", "PRMTrainer"],
+    "prm_reward": ["PRMReward"],
+    "raft": ["RAFTConfig", "run_raft"],
     "search": ["SearchConfig", "SearchParams", "beam_search", "dvts", "run_search"],
     "steps": ["STEP_SPLITTERS", "StepFormat", "separator_token_ids", "split_steps"],
 }
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from .erprm_config import ERPRMConfig
     from .erprm_trainer import ERPRMTrainer, compute_soft_metrics
     from .functional import ETA_ALIASES, STEP_AGGREGATIONS, aggregate_steps, er_label, resolve_eta
-    from .grpo import PRIMEConfig, PRIMETrainer, PRLConfig, PRLTrainer
+    from .grpo import PRIMEConfig, PRIMETrainer, PRLConfig, PRLTrainer, PRMGRPOConfig, PRMGRPOTrainer
     from .implicit_prm import ImplicitPRM
     from .implicit_prm_config import ImplicitPRMConfig
     from .implicit_prm_trainer import ImplicitPRMTrainer
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
     from .labeling.labeler import ERPRMLabeler
     from .labeling.labeler_config import ERPRMLabelerConfig
     from .prm import TRL_HAS_PRM, PRMConfig, PRMTrainer
+    from .prm_reward import PRMReward
+    from .raft import RAFTConfig, run_raft
     from .search import SearchConfig, SearchParams, beam_search, dvts, run_search
     from .steps import STEP_SPLITTERS, StepFormat, separator_token_ids, split_steps
 else:

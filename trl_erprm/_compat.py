@@ -281,6 +281,20 @@ def checkpoint_folder(trainer, trial=None) -> str:
     return os.path.join(trainer._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
 
 
+class RewardInputs(NamedTuple):
+    """The local rows of a generation batch as `GRPOTrainer._calculate_rewards` receives them (trl 1.13.0, 1.16.0).
+
+    Args:
+        inputs (`list[dict]`): The dataset rows, one per completion (each prompt repeated `num_generations` times).
+        prompts (`list`): The prompts (strings, or lists of messages).
+        completions (`list`): The decoded completions (strings, or a list holding one assistant message).
+    """
+
+    inputs: list
+    prompts: list
+    completions: list
+
+
 class GRPOTrainerHooks:
     """Mixin for subclasses of `trl.GRPOTrainer`: the private methods it overrides, each forwarding to a hook with a
     public name. Put it before `GRPOTrainer` in the bases.
@@ -288,7 +302,9 @@ class GRPOTrainerHooks:
     - `_calculate_rewards(inputs, prompts, completions, completion_ids_list)` returns the rewards of every reward
       function for every completion of the *global* batch, `(B_global, num_reward_funcs)`, gathered over processes,
       NaN where a function returned `None`; `_generate_and_score_completions(inputs)` calls it once per batch
-      (trl 1.13.0, 1.16.0). The override keeps what it returned.
+      (trl 1.13.0, 1.16.0). The override keeps what it returned, and what it was given for this process's rows
+      ([`reward_inputs`]): the dataset rows, the prompts and the completions (text, or one assistant message), in
+      the row order of the output's `completion_ids`.
     - `_generate_and_score_completions(inputs)` then calls `self.process_rollouts(output, rewards)` on training
       batches (not evaluation ones) and returns its result.
     - `_save_checkpoint(model, trial)` calls `self.save_extra_state(folder)` *before* the trainer writes its own files
@@ -312,7 +328,12 @@ class GRPOTrainerHooks:
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._trl_erprm_rewards = rewards
+        self._trl_erprm_reward_inputs = RewardInputs(list(inputs), list(prompts), list(completions))
         return rewards
+
+    def reward_inputs(self) -> RewardInputs:
+        """What the reward functions of the current generation batch were given, for this process's rows."""
+        return self._trl_erprm_reward_inputs
 
     def _generate_and_score_completions(self, inputs: Any) -> dict:
         self._trl_erprm_rewards = None

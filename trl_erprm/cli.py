@@ -1,4 +1,4 @@
-"""The `trl-erprm` command line: `trl-erprm quickstart | label | bon | stepeval | search ...`."""
+"""The `trl-erprm` command line: `trl-erprm quickstart | label | bon | stepeval | search | raft ...`."""
 
 from __future__ import annotations
 
@@ -32,13 +32,26 @@ def _search(argv: list[str]) -> int:
     return 0
 
 
+def _raft(argv: list[str]) -> int:
+    from .raft import raft_main
+
+    return raft_main(argv)
+
+
 def _label(argv: list[str]) -> int:
     from .labeling.labeler import cli_main
 
     return cli_main(argv)
 
 
-COMMANDS = {"quickstart": _quickstart, "label": _label, "bon": _bon, "stepeval": _stepeval, "search": _search}
+COMMANDS = {
+    "quickstart": _quickstart,
+    "label": _label,
+    "bon": _bon,
+    "stepeval": _stepeval,
+    "search": _search,
+    "raft": _raft,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

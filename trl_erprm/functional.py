@@ -713,3 +713,83 @@ def prl_advantages(
     kl_to_go = discounted_returns((old_logps - ref_logps) * m, m, 1.0)
     r = outcome_advantages.unsqueeze(-1).to(old_logps.dtype) - kl_to_go / eta
     return fill_from_step_ends(r, step_end_mask, mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Process-supervised GRPO (DeepSeekMath, section 4.1.3)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def process_supervision_advantages(
+    step_rewards: torch.Tensor,
+    step_ends: torch.Tensor,
+    step_mask: torch.Tensor,
+    mask: torch.Tensor,
+    group_size: int,
+    outcome_advantages: torch.Tensor | None = None,
+    outcome_coef: float = 0.0,
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    r"""Process-supervised GRPO advantages (DeepSeekMath, arXiv:2402.03300, section 4.1.3).
+
+    For the `G = group_size` completions of one prompt, the PRM gives a reward `r_i^(j)` at the last token of step `j`
+    of completion `i`. All step rewards of the group, `R`, are normalised together:
+    `r~_i^(j) = (r_i^(j) - mean(R)) / (std(R) + eps)` (`std` with Bessel's correction, and `eps` added to it, as
+    GRPOTrainer normalises outcome rewards; a group with a single step reward has `std = 0`). The advantage of token
+    `t` of completion `i` is the sum of the normalised rewards of its steps that end at or after `t`:
+    `A_i^t = sum_{j: end(j) >= t} r~_i^(j)`. With one step per completion, ending at its last token, this is GRPO's
+    outcome advantage. Optionally `outcome_coef * outcome_advantages[i]` is added to every token of completion `i`.
+
+    Args:
+        step_rewards (`torch.Tensor`):
+            PRM rewards of each step, shape `(B, S)`; rows are `B / group_size` groups of `group_size` contiguous
+            completions.
+        step_ends (`torch.Tensor`):
+            Index of the last token of each step in the completion, shape `(B, S)`, long, in `[0, T)`; two steps may
+            end at the same token. Entries where `step_mask` is 0 are ignored.
+        step_mask (`torch.Tensor`):
+            Which steps exist, shape `(B, S)`.
+        mask (`torch.Tensor`):
+            Completion (loss) mask, shape `(B, T)`.
+        group_size (`int`):
+            Completions per prompt `G >= 1`.
+        outcome_advantages (`torch.Tensor`, *optional*):
+            Group-normalised outcome advantages, shape `(B,)` (GRPO's own); needed when `outcome_coef != 0`.
+        outcome_coef (`float`, *optional*, defaults to `0.0`):
+            Weight of the outcome advantage added to every token.
+        eps (`float`, *optional*, defaults to `1e-4`):
+            Added to the standard deviation (GRPOTrainer's value).
+
+    Returns:
+        `torch.Tensor`: Advantages of shape `(B, T)`, float32, 0 outside `mask`.
+
+    Raises:
+        `ValueError`: NaN step rewards, a step end outside `[0, T)`, a batch that is not whole groups, or
+            `outcome_coef != 0` without `outcome_advantages`.
+    """
+    if group_size < 1 or step_rewards.shape[0] % group_size:
+        raise ValueError(
+            f"Batch of {step_rewards.shape[0]} completions is not a whole number of groups of {group_size}."
+        )
+    valid = step_mask.bool()
+    rewards = step_rewards.float()
+    if torch.isnan(rewards[valid]).any():
+        raise ValueError("process_supervision_advantages got NaN step rewards: score every step or mask it out.")
+    T = mask.shape[1]
+    ends = step_ends.long()
+    if ((ends < 0) | (ends >= T))[valid].any():
+        raise ValueError(f"A step ends outside the completion: step_ends must lie in [0, {T}).")
+    g_rewards = torch.where(valid, rewards, 0.0).view(-1, group_size * rewards.shape[1])
+    g_valid = valid.view(-1, group_size * rewards.shape[1]).float()
+    count = g_valid.sum(-1, keepdim=True)
+    mean = g_rewards.sum(-1, keepdim=True) / count.clamp(min=1.0)
+    var = (((g_rewards - mean) * g_valid) ** 2).sum(-1, keepdim=True) / (count - 1).clamp(min=1.0)
+    normalised = ((g_rewards - mean) / (var.sqrt() + eps) * g_valid).view_as(rewards)
+    at_ends = torch.zeros(rewards.shape[0], T, dtype=torch.float32, device=rewards.device)
+    at_ends.scatter_add_(1, torch.where(valid, ends, 0), normalised)
+    advantages = at_ends.flip(-1).cumsum(-1).flip(-1)  # sum over the steps ending at or after each token
+    if outcome_coef:
+        if outcome_advantages is None:
+            raise ValueError("outcome_coef != 0 needs the outcome_advantages.")
+        advantages = advantages + outcome_coef * outcome_advantages.float().to(advantages.device).unsqueeze(-1)
+    return advantages * mask.to(advantages.dtype)

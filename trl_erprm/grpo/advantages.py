@@ -6,8 +6,8 @@ batch of the *global* batch (every process's rows, gathered, in process order) a
 process, exactly as GRPOTrainer slices its own advantages. The formulas live in [`trl_erprm.functional`]; an
 estimator only picks its inputs out of the batch.
 
-To add one (e.g. `"process_supervision"`, DeepSeekMath section 4.1.3, for `PRMGRPOTrainer`): write the formula in
-`functional.py`, a function here that reads the tensors your trainer puts into `batch.tensors`, and an entry in
+To add one (as `"process_supervision"`, DeepSeekMath section 4.1.3, was added for `PRMGRPOTrainer`): write the
+formula in `functional.py`, a function here that reads the tensors your trainer puts into `batch.tensors`, and an entry in
 `ADVANTAGE_ESTIMATORS`; the trainer sets `advantage_estimator = "<name>"` and fills `batch.tensors` in its
 `prepare_rollout_batch` (see [`~trl_erprm.grpo.mixin.ProcessAdvantageMixin`]).
 """
@@ -20,10 +20,17 @@ from typing import Any
 
 import torch
 
-from ..functional import prime_advantages, prl_advantages
+from ..functional import prime_advantages, prl_advantages, process_supervision_advantages
 
 
-__all__ = ["ADVANTAGE_ESTIMATORS", "RolloutBatch", "grpo_estimator", "prime_estimator", "prl_estimator"]
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "RolloutBatch",
+    "grpo_estimator",
+    "prime_estimator",
+    "process_supervision_estimator",
+    "prl_estimator",
+]
 
 
 @dataclass
@@ -133,12 +140,37 @@ def prl_estimator(batch: RolloutBatch, args: Any) -> torch.Tensor:
     )
 
 
+def process_supervision_estimator(batch: RolloutBatch, args: Any) -> torch.Tensor:
+    """Process-supervised GRPO (DeepSeekMath section 4.1.3, [`~trl_erprm.functional.process_supervision_advantages`]):
+    the PRM's step rewards normalised over all step rewards of the group, summed over the steps ending at or after
+    each token, plus `outcome_coef` times GRPO's own outcome advantage.
+
+    Args:
+        batch ([`RolloutBatch`]):
+            The global batch, with `tensors["step_rewards"]` `(B, S)`, `tensors["step_ends"]` `(B, S)` (long, token
+            index in the completion) and `tensors["step_mask"]` `(B, S)` (bool).
+        args ([`~trl_erprm.grpo.PRMGRPOConfig`]):
+            Reads `outcome_coef`.
+
+    Returns:
+        `torch.Tensor`: `(B, T)`, 0 on padding.
+    """
+    rewards = batch.tensors["step_rewards"]
+    return process_supervision_advantages(
+        rewards,
+        batch.tensors["step_ends"].to(rewards.device),
+        batch.tensors["step_mask"].to(rewards.device),
+        batch.mask.to(rewards.device),
+        batch.group_size,
+        outcome_advantages=batch.grpo_advantages.to(rewards.device),
+        outcome_coef=args.outcome_coef,
+    )
+
+
 #: Name -> estimator. A trainer of `trl_erprm.grpo` picks one with its `advantage_estimator` attribute.
 ADVANTAGE_ESTIMATORS: dict[str, Callable[[RolloutBatch, Any], torch.Tensor]] = {
     "grpo": grpo_estimator,
     "prime": prime_estimator,
     "prl": prl_estimator,
-    # "process_supervision": DeepSeekMath section 4.1.3 (SPEC section 10), added with PRMGRPOTrainer: step rewards
-    # of the PRM at each step's last token, normalised over all step rewards of the group, summed over the steps
-    # that end at or after each token.
+    "process_supervision": process_supervision_estimator,
 }

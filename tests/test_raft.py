@@ -1,0 +1,205 @@
+"""RAFT: one round selects exactly the argmax of the PRM's scores and changes the policy; a run stopped between
+stages (or killed with SIGKILL) resumes to the same result; bad input stops with a message."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trl_erprm.raft import RAFTConfig, run_raft, select_samples
+from trl_erprm.raft.selection import majority_scores, outcome_scores
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [{"prompt": f"What is {a} + 2?", "gold": str(a + 2)} for a in range(6)]
+HELD_OUT = [{"prompt": f"What is {a} + 3?", "gold": str(a + 3)} for a in range(2)]
+
+
+def config(out, **overrides):
+    values = {
+        "output_dir": str(out),
+        "num_rounds": 1,
+        "num_samples": 3,
+        "max_new_tokens": 8,
+        "scoring": "prm",
+        "prm_step_separator": "\n",
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1e-2,
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "gradient_checkpointing": False,
+        "chunk_size": 4,
+        "seed": 0,
+        **overrides,
+    }
+    return RAFTConfig(**values)
+
+
+def weights(folder):
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def baseline(causal_lm_path, token_cls_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("raft") / "run"
+    report = run_raft(
+        config(out, prm_model=token_cls_path), causal_lm_path, train_problems=TRAIN, eval_problems=HELD_OUT
+    )
+    return out, report
+
+
+def test_selection_rules():
+    nan = math.nan
+    assert select_samples([0.2, 0.9, 0.9, nan]) == [1]  # ties to the lowest index, NaN never
+    assert select_samples([0.2, 0.9, 0.5], "top_k", top_k=2) == [1, 2]
+    assert select_samples([0.2, 0.9, 0.5], "threshold", threshold=0.5) == [1, 2]
+    assert select_samples([0.2, 0.9, 0.5], allowed=[True, False, True]) == [2]
+    assert select_samples([nan, nan]) == [] and select_samples([0.1], "threshold", threshold=0.5) == []
+    assert outcome_scores(["correct", "incorrect", "no_answer", "timeout"])[:3] == [1.0, 0.0, 0.0]
+    assert math.isnan(outcome_scores(["timeout"])[0])
+    assert majority_scores(["4", "4", "5", None]) == [0.5, 0.5, 0.25, 0.0]
+    with pytest.raises(ValueError, match="score_threshold"):
+        select_samples([0.1], "threshold")
+
+
+@pytest.mark.slow
+def test_one_round_selects_the_prm_argmax_and_changes_the_policy(baseline, causal_lm_path, token_cls_path):
+    from trl_erprm import PRMReward
+    from trl_erprm.jobs import read_results
+
+    out, report = baseline
+    samples = read_results(out / "round-1" / "samples")
+    reward = PRMReward(token_cls_path, step_separator="\n")
+    kept = json.loads((out / "round-1" / "selection.json").read_text())["kept"]
+    for i, problem in enumerate(TRAIN):
+        texts = samples[i]["completions"]
+        assert len(texts) == 3
+        scores = reward([problem["prompt"]] * 3, texts)
+        best = max(range(3), key=lambda j: (scores[j], -j))
+        assert kept[str(i)] == [best], (i, scores)
+    assert report["rounds"][1]["selected"] == len(TRAIN)
+    before, after = weights(causal_lm_path), weights(out / "round-1" / "policy")
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    assert report["policy"] == str(out / "round-1" / "policy")
+    assert len(report["accuracy"]) == 2 and all(a is not None and 0.0 <= a <= 1.0 for a in report["accuracy"])
+    assert (out / "accuracy.png").is_file() and "| round |" in (out / "table.md").read_text()
+    assert json.loads((out / "results.json").read_text())["rounds"][1]["train_rows"] == len(TRAIN)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_between_stages_resumes_to_the_same_result(baseline, causal_lm_path, token_cls_path, tmp_path):
+    out, report = baseline
+    seen = []
+
+    def stop_after_score(k, stage, record):
+        seen.append((k, stage))
+        if (k, stage) == (1, "score"):
+            raise KeyboardInterrupt("stopped after the scoring stage")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_raft(config(tmp_path, prm_model=token_cls_path), causal_lm_path, train_problems=TRAIN,
+                 eval_problems=HELD_OUT, on_stage_end=stop_after_score)  # fmt: skip
+    assert seen == [(0, "eval"), (1, "sample"), (1, "score")]
+    samples_part = next((tmp_path / "round-1" / "samples" / "parts").glob("part-*.jsonl"))
+    written = samples_part.stat().st_mtime_ns
+    seen.clear()
+    resumed = run_raft(config(tmp_path, prm_model=token_cls_path), causal_lm_path, train_problems=TRAIN,
+                       eval_problems=HELD_OUT, on_stage_end=lambda k, s, r: seen.append((k, s)))  # fmt: skip
+    assert seen == [(1, "select"), (1, "train"), (1, "eval")]  # nothing saved is recomputed
+    assert samples_part.stat().st_mtime_ns == written
+    assert resumed["rounds"] == report["rounds"]
+    for name, value in weights(out / "round-1" / "policy").items():
+        torch.testing.assert_close(weights(tmp_path / "round-1" / "policy")[name], value)
+
+
+def _cli(out, causal_lm_path, token_cls_path, data):
+    args = [
+        sys.executable, "-m", "trl_erprm.cli", "raft", "--model_name_or_path", causal_lm_path, "--dataset_name", data,
+        "--prompt_column", "question", "--gold_column", "answer", "--eval_fraction", "0.25", "--num_rounds", "1",
+        "--num_samples", "3", "--max_new_tokens", "8", "--prm_model", token_cls_path, "--prm_step_separator", "\n",
+        "--max_steps", "4", "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--save_strategy",
+        "steps", "--save_steps", "1", "--use_cpu", "True", "--bf16", "False", "--report_to", "none",
+        "--gradient_checkpointing", "False", "--chunk_size", "2", "--output_dir", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return args, env
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_fine_tuning_resumes_to_the_same_result(causal_lm_path, token_cls_path, tmp_path):
+    data = tmp_path / "problems.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": p["prompt"], "answer": p["gold"]}) + "\n" for p in TRAIN + HELD_OUT)
+    )
+    args, env = _cli(tmp_path / "whole", causal_lm_path, token_cls_path, str(data))
+    assert subprocess.run(args, env=env, capture_output=True, timeout=600).returncode == 0
+
+    args, env = _cli(tmp_path / "killed", causal_lm_path, token_cls_path, str(data))
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "round-1" / "sft" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists(), "the run ended or timed out before its second fine-tuning checkpoint"
+    assert not (tmp_path / "killed" / "results.json").exists()
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert resumed["rounds"][1]["resumed_from"] is not None
+    for key in ("selected", "mean_selected_score", "accuracy"):
+        assert resumed["rounds"][1][key] == whole["rounds"][1][key]
+    # (train_loss is the mean over the fine-tuning steps run after the resume, as transformers reports it)
+    for name, value in weights(tmp_path / "whole" / "round-1" / "policy").items():
+        torch.testing.assert_close(weights(tmp_path / "killed" / "round-1" / "policy")[name], value)
+
+
+def test_bad_input(causal_lm_path, token_cls_path, tmp_path):
+    with pytest.raises(ValueError, match="num_samples=1: RAFT selects among N >= 2"):
+        config(tmp_path, num_samples=1)
+    with pytest.raises(ValueError, match="needs --score_threshold"):
+        config(tmp_path, selection="threshold")
+    with pytest.raises(ValueError, match="scoring='prm' needs --prm_model"):
+        run_raft(config(tmp_path / "no_prm"), causal_lm_path, train_problems=TRAIN, eval_problems=HELD_OUT)
+    with pytest.raises(ValueError, match="both train_problems and eval_problems"):
+        run_raft(config(tmp_path / "x", prm_model=token_cls_path), causal_lm_path, train_problems=TRAIN)
+
+
+@pytest.mark.slow
+def test_a_round_that_keeps_nothing_stops_with_a_message(causal_lm_path, token_cls_path, tmp_path):
+    out = tmp_path / "nothing"
+    report = run_raft(
+        config(out, prm_model=token_cls_path, selection="threshold", score_threshold=1.5),
+        causal_lm_path, train_problems=TRAIN, eval_problems=HELD_OUT,
+    )  # fmt: skip
+    assert report["stopped"].startswith("Round 1 kept no sample: selection='threshold', score_threshold=1.5")
+    assert not (out / "round-1" / "sft").exists() and not (out / "round-1" / "policy").exists()
+    assert report["rounds"][1]["selected"] == 0 and len(report["accuracy"]) == 2 and report["accuracy"][1] is None
+    assert json.loads((out / "results.json").read_text())["stopped"] == report["stopped"]
+
+
+@pytest.mark.slow
+def test_outcome_and_majority_scoring_with_conversational_problems(causal_lm_path, tmp_path):
+    chat = [{"prompt": [{"role": "user", "content": p["prompt"]}], "gold": p["gold"]} for p in TRAIN[:3]]
+    for scoring in ("majority", "outcome"):
+        report = run_raft(
+            config(tmp_path / scoring, scoring=scoring, selection="top_k", top_k=2), causal_lm_path,
+            train_problems=chat, eval_problems=HELD_OUT,
+        )  # fmt: skip
+        if report["stopped"]:  # a random policy is never right: outcome scoring keeps 0-scored samples only with top_k
+            pytest.fail(report["stopped"])
+        assert report["rounds"][1]["selected"] == 6  # 2 per problem
