@@ -251,3 +251,16 @@ def test_a_full_disk_keeps_the_rows_already_written(tmp_path):
     other.close()
     (tmp_path / "parts" / "part-00001.jsonl").unlink()
     assert jobs.read_results(tmp_path) == {0: {"index": 0, "v": 1}}
+
+
+def test_last_complete_checkpoint_skips_a_checkpoint_cut_short(tmp_path):
+    assert jobs.last_complete_checkpoint(tmp_path / "missing") is None
+    assert jobs.last_complete_checkpoint(tmp_path) is None
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (tmp_path / "checkpoint-11").mkdir()  # killed before its trainer state was written
+    (tmp_path / "checkpoint-12").mkdir()
+    (tmp_path / "checkpoint-12" / "trainer_state.json").write_text('{"global_st')  # killed while writing it
+    (tmp_path / "checkpoint-x").mkdir()
+    assert jobs.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # 10 > 2 numerically

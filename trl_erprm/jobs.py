@@ -191,6 +191,38 @@ def write_json_atomic(path: str | os.PathLike, value: dict, sort_keys: bool = Fa
         raise
 
 
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` folder of a `Trainer` output folder that was written to the end, or `None`.
+
+    `Trainer._save_checkpoint` writes the weights, the optimizer and then `trainer_state.json` into `checkpoint-N`
+    (transformers 5.24); a run killed while saving leaves a newer folder without a readable `trainer_state.json`, which
+    `transformers.trainer_utils.get_last_checkpoint` would still return and `Trainer.train` would then refuse. Such
+    folders are skipped here.
+
+    Args:
+        output_dir (`str` or `os.PathLike`):
+            The trainer's `output_dir`.
+
+    Returns:
+        `str` or `None`: The path of the newest complete checkpoint; `None` when there is none (or no folder).
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    steps = []
+    for child in root.iterdir():
+        prefix, _, number = child.name.partition("-")
+        if prefix == "checkpoint" and number.isdigit() and child.is_dir():
+            steps.append((int(number), child))
+    for _, child in sorted(steps, reverse=True):
+        try:
+            json.loads((child / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+        except (OSError, ValueError, KeyError):
+            continue
+        return str(child)
+    return None
+
+
 def _complete_lines(path: Path) -> list[bytes]:
     """The complete (newline-terminated) lines of a part; a torn last line is dropped."""
     data = path.read_bytes()

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..jobs import JobStore, content_hash, folder_errors, make_manifest, write_json_atomic
+from ..jobs import JobStore, content_hash, folder_errors, last_complete_checkpoint, make_manifest, write_json_atomic
 from .raft_config import RAFTConfig
 from .selection import majority_scores, outcome_scores, select_samples
 
@@ -400,7 +400,6 @@ class _Run:
 
     def train_policy(self, k: int) -> dict:
         from datasets import Dataset
-        from transformers.trainer_utils import get_last_checkpoint
         from trl import SFTConfig, SFTTrainer
 
         c = self.config
@@ -414,7 +413,7 @@ class _Run:
             train_dataset=Dataset.from_list(rows),
             processing_class=self.tokenizer,
         )
-        last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        last = last_complete_checkpoint(args.output_dir)  # a checkpoint cut short by a kill is skipped
         output = trainer.train(resume_from_checkpoint=last)
         trainer.save_model(str(folder / "policy"))
         if self.state.is_main_process:
