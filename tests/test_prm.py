@@ -225,3 +225,30 @@ def test_training_and_metrics_identical_to_trls(token_cls_model, tokenizer, cpu_
     assert {k: v for k, v in our_metrics.items() if k not in runtime} == {
         k: v for k, v in their_metrics.items() if k not in runtime
     }
+
+
+@pytest.mark.parametrize("bad", [float("nan"), None])
+def test_a_nan_or_missing_label_names_its_row_and_field(bad, token_cls_model, tokenizer, cpu_train_kwargs):
+    rows = Dataset.from_list([ROW, {**ROW, "labels": [1.0, bad]}])
+    with pytest.raises(ValueError, match=rf"train dataset row 1: field 'labels' step 1 is {bad}; PRMTrainer needs"):
+        PRMTrainer(
+            model=token_cls_model, args=PRMConfig(**cpu_train_kwargs), train_dataset=rows, processing_class=tokenizer
+        )
+
+
+def test_saved_folder_records_the_separator_and_the_card_scores_steps(
+    token_cls_model, tokenizer, cpu_train_kwargs, tmp_path
+):
+    from trl_erprm.evaluation.scorers import load_scorer
+
+    args = PRMConfig(**{**cpu_train_kwargs, "step_separator": "\n\n", "max_steps": 1})
+    trainer = PRMTrainer(
+        model=token_cls_model, args=args, train_dataset=Dataset.from_list([ROW] * 2), processing_class=tokenizer
+    )
+    trainer.train()
+    trainer.save_model()
+    out = cpu_train_kwargs["output_dir"]
+    assert load_scorer(out).step_separator == "\n\n"  # prm_config.json, read by the scorers
+    trainer.create_model_card()
+    card = open(f"{out}/README.md").read()
+    assert "pipeline_tag: token-classification" in card and "text-generation" not in card

@@ -39,7 +39,9 @@ from .._compat import (
     enable_activation_checkpointing,
     turn_off_activation_checkpointing,
 )
-from ..data.stepwise import map_stepwise_dataset, tokenize_stepwise_row, tokenize_train_and_eval
+from ..data.stepwise import check_hard_labels, map_stepwise_dataset, tokenize_stepwise_row, tokenize_train_and_eval
+from ..model_card import PRMModelCardMixin, token_classification_snippets
+from ..models import save_prm_config
 from .prm_config import PRMConfig
 
 
@@ -173,11 +175,15 @@ def prepare_peft_model(model: PreTrainedModel, peft_config: PeftConfig | None, a
     return model
 
 
-class PRMTrainer(ModelCardOnCheckpointMixin, BaseTrainer):
+class PRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, BaseTrainer):
     """Trainer for token-classification process reward models on stepwise supervision.
 
     A drop-in for `trl.experimental.prm.PRMTrainer` of TRL 1.13 (the last TRL with it), used on every TRL version:
-    same arguments, same behaviour. A TRL 1.13 PRM script runs by changing only its import to `trl_erprm`.
+    same arguments, same behaviour. A TRL 1.13 PRM script runs by changing only its import to `trl_erprm`. Beyond
+    TRL's class: a `None` or NaN label is an error naming its row (TRL crashes inside `datasets.map`), the saved
+    folder holds `prm_config.json` (the step separator, read by the scorers) and the model card says how to score
+    steps with the PRM. LM-head PRMs are trained by [`~trl_erprm.ERPRMTrainer`] (`head="lm"`), not by this class,
+    which mirrors TRL's.
 
     Args:
         model ([`~transformers.PreTrainedModel`] or `torch.nn.Module`):
@@ -210,6 +216,7 @@ class PRMTrainer(ModelCardOnCheckpointMixin, BaseTrainer):
     _tag_names = ["trl", "prm"]
     _name = "PRM"
     _paper = PRM_PAPER
+    _pipeline_tag = "token-classification"
 
     def __init__(
         self,
@@ -248,6 +255,7 @@ class PRMTrainer(ModelCardOnCheckpointMixin, BaseTrainer):
         if "input_ids" not in train_dataset.column_names:
 
             def tokenize(dataset: Dataset, is_eval: bool, name: str) -> Dataset:
+                check_hard_labels(dataset, name)
                 return map_stepwise_dataset(dataset, self.tokenize_row, processing_class, args, is_eval, name)
 
             train_dataset, eval_dataset = tokenize_train_and_eval(train_dataset, eval_dataset, tokenize)
@@ -308,3 +316,66 @@ class PRMTrainer(ModelCardOnCheckpointMixin, BaseTrainer):
             features, tokenizer, step_separator, max_length, max_completion_length, train_on_last_step_only, is_eval
         )
         return {"input_ids": input_ids, "labels": labels}
+
+    def saved_prm_config(self) -> dict:
+        """How this PRM reads steps, written to `prm_config.json` with every saved model ([`save_model`]).
+
+        Returns:
+            `dict`: `head`, `step_separator`, `max_length` and the trainer's name (see
+            [`~trl_erprm.models.save_prm_config`]).
+        """
+        return {
+            "head": "token_classification",
+            "step_separator": self.args.step_separator,
+            "max_length": self.args.max_length,
+            "trainer": type(self).__name__,
+        }
+
+    def save_model(self, output_dir: str | None = None, **kwargs) -> None:
+        """Save the model and tokenizer as [`~transformers.Trainer.save_model`] does, plus `prm_config.json`.
+
+        The scorers ([`~trl_erprm.evaluation.scorers.load_scorer`]) read `prm_config.json` to lay out steps exactly as
+        in training, with no flag. Checkpoints get it too.
+
+        Args:
+            output_dir (`str`, *optional*):
+                Folder to save to; defaults to `args.output_dir`.
+            **kwargs:
+                Passed to [`~transformers.Trainer.save_model`].
+        """
+        super().save_model(output_dir, **kwargs)
+        if self.args.should_save:
+            save_prm_config(output_dir or self.args.output_dir, self.saved_prm_config())
+
+    def card_summary(self) -> tuple[str, list[tuple[str, str]]]:
+        """The card's summary of a token-classification PRM (see [`~trl_erprm.model_card.PRMModelCardMixin`]).
+
+        Returns:
+            `tuple[str, list[tuple[str, str]]]`: The summary and the facts about its head and step layout.
+        """
+        summary = (
+            "A process reward model (PRM): a token classifier with 2 labels that gives every step of a solution the "
+            "probability that the step is correct (class 1). It was trained on stepwise supervision (a prompt, its "
+            "steps and one label per step)."
+        )
+        separator = self.args.step_separator
+        return summary, [
+            ("Head", "token classification, 2 labels (class 1 = good step)"),
+            (
+                "Step layout",
+                f"each step tokenized on its own and followed by the separator `{separator!r}`; a step's score sits "
+                "on the last token of step + separator (recorded in `prm_config.json`)",
+            ),
+        ]
+
+    def card_snippets(self, location: str) -> list[tuple[str, str]]:
+        """Scoring snippets of the saved token-classification PRM.
+
+        Args:
+            location (`str`):
+                The PRM's Hub id or folder.
+
+        Returns:
+            `list[tuple[str, str]]`: trl-erprm's scorer, then a plain transformers forward pass.
+        """
+        return token_classification_snippets(location, self.args.step_separator, is_peft_model(self.model))
