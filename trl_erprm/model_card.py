@@ -188,7 +188,7 @@ def token_classification_snippets(location: str, step_separator: str, is_adapter
         model = AutoModelForTokenClassification.from_pretrained({location!r})
         prompt, steps, separator = {_PROMPT!r}, {_STEPS!r}, {step_separator!r}
         # The training layout: [BOS] prompt, then each step tokenized on its own followed by the separator's tokens.
-        ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        ids = [tokenizer.bos_token_id] if tokenizer.bos_token else []
         ids += tokenizer(prompt, add_special_tokens=False)["input_ids"]
         ends = []
         for step in steps:
