@@ -276,7 +276,7 @@ def implicit_prm_snippets(location: str, ref_model: str | None, beta: float, ste
             (reference-free).
         beta (`float`):
             The implicit reward scale it was trained with.
-        step_separator (`str`, *optional*, defaults to `"\n\n"`):
+        step_separator (`str`, *optional*, defaults to `"\\n\\n"`):
             Where completions are cut into steps.
 
     Returns:

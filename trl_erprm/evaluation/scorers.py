@@ -354,7 +354,7 @@ def load_scorer(
         step_separator (`str`, *optional*):
             The text that ends a step ([`~trl_erprm.steps.StepFormat`]), as the PRM was trained with: appended to
             every step (token classification), written after every tag (LM head), or where a completion is cut into
-            steps (implicit). `None`: the recorded one, else `"\n"`.
+            steps (implicit). `None`: the recorded one, else `"\\n"`.
         step_tag (`str`, *optional*):
             LM head only: the step tag. `None`: the recorded one, else `" ки"`.
         good_token (`str`, *optional*):
