@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from trl_erprm import ERPRMConfig, ERPRMTrainer, StepFormat
 from trl_erprm.data import ERPRMDataCollator, lm_head_candidate_ids, tokenize_lm_head_row
+from trl_erprm.evaluation.bon import bon_main
 from trl_erprm.evaluation.scorers import LMHeadScorer, TokenClassificationScorer, load_scorer
 from trl_erprm.models import PRM_CONFIG_NAME, load_prm_config
 from trl_erprm.tiny import build_tiny_model
@@ -308,6 +309,22 @@ def test_trained_lm_head_prm_is_scored_from_its_saved_folder_alone(causal_lm, to
         assert got == pytest.approx(torch.stack([logits[:, good], logits[:, bad]], -1).softmax(-1)[:, 0].tolist())
     good, bad = _good_probability(scorer, rows)
     assert good > 0.6 > 0.4 > bad  # the trained PRM tells good steps from bad ones from its folder alone
+
+    # `trl-erprm bon --prm_model <folder>` with no other PRM flag scores with the same convention
+    problems = [
+        {"prompt": row["prompt"], "candidates": [row["completions"], row["completions"][:1]], "answers": ["1", "2"]}
+        for row in rows
+    ]
+    data = tmp_path / "candidates.jsonl"
+    data.write_text("".join(json.dumps({**p, "correct": [True, False]}) + "\n" for p in problems))
+    argv = ["--dataset_name", str(data), "--dataset_split", "train", "--candidates_column", "candidates"]
+    argv += ["--answers_column", "answers", "--correctness_column", "correct", "--prm_model", str(folder)]
+    argv += ["--num_seeds", "1", "--output_dir", str(tmp_path / "bon")]
+    bon_main(argv)
+    records = [json.loads(line) for line in (tmp_path / "bon" / "parts" / "part-00000.jsonl").read_text().splitlines()]
+    for record, got in zip(records, scores):
+        assert record["step_scores"][0] == pytest.approx(got, abs=1e-5)
+        assert record["step_scores"][1] == pytest.approx(got[:1], abs=1e-5)
     # explicit arguments still win over the record
     assert load_scorer(str(folder), good_token="+").good_token_id == tokenizer.encode("+", add_special_tokens=False)[0]
 
