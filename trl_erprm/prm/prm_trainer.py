@@ -39,7 +39,13 @@ from .._compat import (
     enable_activation_checkpointing,
     turn_off_activation_checkpointing,
 )
-from ..data.stepwise import check_hard_labels, map_stepwise_dataset, tokenize_stepwise_row, tokenize_train_and_eval
+from ..data.stepwise import (
+    check_hard_labels,
+    check_labelled_rows,
+    map_stepwise_dataset,
+    tokenize_stepwise_row,
+    tokenize_train_and_eval,
+)
 from ..model_card import PRMModelCardMixin, token_classification_snippets
 from ..models import save_prm_config
 from .prm_config import PRMConfig
@@ -75,12 +81,16 @@ def compute_accuracy(eval_pred: EvalPrediction | tuple) -> dict[str, float]:
 
     Args:
         eval_pred ([`~transformers.trainer_utils.EvalPrediction`] or `tuple`):
-            `(predictions, labels)` gathered by the evaluation loop, as an `EvalPrediction` or a plain tuple.
+            `(predictions, labels)` gathered by the evaluation loop, as an `EvalPrediction` (also one carrying
+            `inputs` or `losses`) or a plain tuple; predictions that are a tuple of arrays (models with several
+            outputs) are read from their first element. Every input TRL's function accepts gives its result.
 
     Returns:
         `dict[str, float]`: `{"accuracy": ...}` (`nan` when nothing is labelled).
     """
-    predictions, labels = eval_pred
+    predictions, labels = eval_pred[0], eval_pred[1]
+    if isinstance(predictions, (tuple, list)):
+        predictions = predictions[0]
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.ndim == 3:
         keep = labels != -100
@@ -180,7 +190,8 @@ class PRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, BaseTrainer):
 
     A drop-in for `trl.experimental.prm.PRMTrainer` of TRL 1.13 (the last TRL with it), used on every TRL version:
     same arguments, same behaviour. A TRL 1.13 PRM script runs by changing only its import to `trl_erprm`. Beyond
-    TRL's class: a `None` or NaN label is an error naming its row (TRL crashes inside `datasets.map`), the saved
+    TRL's class: a `None` or NaN label is an error naming its row (TRL crashes inside `datasets.map`), rows that
+    truncation leaves without a label are counted in a warning (an error when no training row keeps one), the saved
     folder holds `prm_config.json` (the step separator, read by the scorers) and the model card says how to score
     steps with the PRM. LM-head PRMs are trained by [`~trl_erprm.ERPRMTrainer`] (`head="lm"`), not by this class,
     which mirrors TRL's.
@@ -256,7 +267,9 @@ class PRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, BaseTrainer):
 
             def tokenize(dataset: Dataset, is_eval: bool, name: str) -> Dataset:
                 check_hard_labels(dataset, name)
-                return map_stepwise_dataset(dataset, self.tokenize_row, processing_class, args, is_eval, name)
+                tokenized = map_stepwise_dataset(dataset, self.tokenize_row, processing_class, args, is_eval, name)
+                check_labelled_rows(tokenized, name, args.max_length, require_labels=not is_eval)
+                return tokenized
 
             train_dataset, eval_dataset = tokenize_train_and_eval(train_dataset, eval_dataset, tokenize)
 
