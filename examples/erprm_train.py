@@ -1,8 +1,15 @@
 # accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml examples/erprm_train.py --model_name_or_path Qwen/Qwen2.5-Math-1.5B --dataset_name my-org/erprm-labels --output_dir Qwen2.5-Math-1.5B-ER-PRM --eta 2.0
-"""Train an ER-PRM (a token-classification process reward model) on soft step labels with ERPRMTrainer.
+"""Train an ER-PRM (a process reward model) on soft step labels with ERPRMTrainer.
 
 The dataset is TRL's stepwise supervision (`prompt`, `completions`, `labels` in [0, 1]), or the output of
-`trl-erprm label` with `step_outcomes`, in which case `--eta` picks the label at batch time (0 soft, inf hard).
+`trl-erprm label` with `step_outcomes`, in which case `--eta` picks the label at batch time: a number, `soft` (0),
+`hard` or `inf`, `pessimistic` or `-inf`, as in `trl-erprm label`. Rows the labeler could not label (`status` other
+than `ok`) stop the run with their status; `--skip_failed_rows` drops them instead.
+
+Two PRM conventions (`--head`): `token_classification` (default; a 2-label classifier head, TRL's layout) or `lm`
+(a causal LM reading the "+" / "-" tokens at the " ки" tag after every step, Math-Shepherd and ER-PRM's released
+models; it can start from a policy's own folder). The saved folder records the convention in `prm_config.json`, so
+`trl-erprm bon --prm_model <output_dir>` scores with it without flags.
 
 Full fine-tuning on 8 GPUs with DeepSpeed ZeRO-2 (the paper's setup):
 
@@ -16,6 +23,12 @@ LoRA on one GPU, 4-bit (QLoRA):
     accelerate launch examples/erprm_train.py --model_name_or_path Qwen/Qwen2.5-Math-1.5B \
         --dataset_name my-org/erprm-labels --output_dir erprm-lora --use_peft --lora_task_type TOKEN_CLS \
         --load_in_4bit --learning_rate 1e-4
+
+An LM-head PRM (Math-Shepherd / ER-PRM style) from a policy's own LM head, with LoRA:
+
+    accelerate launch examples/erprm_train.py --model_name_or_path Qwen/Qwen2.5-Math-1.5B-Instruct \
+        --dataset_name my-org/erprm-labels --output_dir erprm-lm-head --head lm --eta hard --use_peft \
+        --learning_rate 1e-4
 
 On a CPU with a local model folder and a local jsonl file:
 
@@ -68,13 +81,15 @@ def main(script_args: ScriptArguments, training_args: ERPRMConfig, model_args: M
     if quantization_config is not None:
         model_kwargs["quantization_config"] = quantization_config
         model_kwargs["device_map"] = {"": PartialState().local_process_index}
+    is_lm = training_args.head == "lm"
+    if not is_lm:
+        model_kwargs["num_labels"] = 2
     # trl-erprm's one loader: safetensors only, no remote code unless asked, "auto" dtype = the checkpoint's.
     model = load_model(
         model_args.model_name_or_path,
-        "token_classification",
+        "causal_lm" if is_lm else "token_classification",
         dtype=model_args.dtype,
         trust_remote_code=script_args.trust_remote_code,
-        num_labels=2,
         **model_kwargs,
     )
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=script_args.trust_remote_code)
@@ -82,8 +97,8 @@ def main(script_args: ScriptArguments, training_args: ERPRMConfig, model_args: M
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
 
-    if model_args.use_peft and model_args.lora_task_type != "TOKEN_CLS":
-        model_args.lora_task_type = "TOKEN_CLS"  # a PRM is a token classifier; a causal-LM adapter would not fit
+    if model_args.use_peft:  # the adapter's task follows the PRM's head
+        model_args.lora_task_type = "CAUSAL_LM" if is_lm else "TOKEN_CLS"
     peft_config = get_peft_config(model_args)
 
     train_dataset = load_any_dataset(
@@ -112,7 +127,8 @@ def main(script_args: ScriptArguments, training_args: ERPRMConfig, model_args: M
     if eval_dataset is not None:
         trainer.log_metrics("eval", trainer.evaluate())
     trainer.save_model(training_args.output_dir)
-    trainer.create_model_card(dataset_name=script_args.dataset_name)  # README.md with tags and the ER-PRM citation
+    # README.md: base model and data (a Hub link only for Hub ids), how to score steps, the ER-PRM citation.
+    trainer.create_model_card(dataset_name=script_args.dataset_name)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
 

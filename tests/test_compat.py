@@ -56,11 +56,15 @@ def test_base_trainer_is_trls_and_builds_model_cards_from_class_attributes(token
         output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", gradient_checkpointing=False
     )
     trainer = PRMTrainer(model=token_cls_model, args=args, train_dataset=_rows(), processing_class=tokenizer)
-    # `_BaseTrainer.create_model_card` reads the class attributes `_tag_names`, `_name` and `_paper`.
-    trainer.create_model_card(model_name="tiny-prm")
+    # `_BaseTrainer.create_model_card` reads the class attributes `_tag_names`, `_name` and `_paper` (the GRPO
+    # subclasses rely on it; the PRM trainers write their own card from the same attributes, trl_erprm.model_card).
+    _BaseTrainer.create_model_card(trainer, model_name="tiny-prm")
     card = (tmp_path / "README.md").read_text()
     assert "prm" in card and PRMTrainer._paper["id"] in card and PRMTrainer._paper["title"] in card
     assert f"with {PRMTrainer._name}" in card
+    trainer.create_model_card(model_name="tiny-prm")
+    card = (tmp_path / "README.md").read_text()
+    assert "- prm" in card and PRMTrainer._paper["id"] in card and PRMTrainer._paper["citation"] in card
 
 
 def test_unknown_private_name_is_an_attribute_error():

@@ -1,10 +1,20 @@
-"""The Math-Shepherd / PRM800K / GSM8K converters of `trl_erprm.data`, on the real samples in tests/data."""
+"""The Math-Shepherd / ER-PRM / PRM800K / GSM8K converters of `trl_erprm.data`, on the real samples in tests/data."""
 
+import copy
 import json
 
 import pytest
+from datasets import Dataset
 
-from trl_erprm.data import convert_prm800k, gsm8k_to_stepwise, math_shepherd_to_stepwise, prm800k_to_stepwise
+from trl_erprm.data import (
+    convert_prm800k,
+    erprm_to_stepwise,
+    gsm8k_to_stepwise,
+    math_shepherd_to_stepwise,
+    prm800k_to_stepwise,
+    stepwise_to_erprm,
+    stepwise_to_math_shepherd,
+)
 
 
 def _rows(path):
@@ -141,3 +151,101 @@ def test_gsm8k_to_stepwise_real_row(sample_data):
     ]
     with pytest.raises(ValueError, match="row 3.*####"):
         gsm8k_to_stepwise({"question": "q", "answer": "no marker"}, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Math-Shepherd / ER-PRM text format, both ways
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: A hand-made row in ER-PRM's training format: one tagged text and one soft (ER) label per tag.
+ERPRM_ROW = {
+    "text": "Ann has 3 apples and buys 4 more. How many apples does she have? Step 1: She buys 4 more, so 3 + 4 = 7. "
+    "ки\nStep 2: The answer is 7. ки",
+    "value": [0.8571, 0.3333333333333333],
+}
+
+
+def test_math_shepherd_round_trip_is_lossless_on_the_real_samples(sample_data):
+    original = Dataset.from_list(_rows(sample_data / "math_shepherd_samples.jsonl"))
+    stepwise = original.map(math_shepherd_to_stepwise, with_indices=True, remove_columns=["input", "label"])
+    assert stepwise.column_names == ["task", "prompt", "completions", "labels"]  # other columns ride along
+    back = stepwise.map(
+        stepwise_to_math_shepherd, with_indices=True, remove_columns=["prompt", "completions", "labels"]
+    )
+    assert back.select_columns(original.column_names).to_list() == original.to_list()
+    again = back.map(math_shepherd_to_stepwise, with_indices=True, remove_columns=["input", "label"])
+    assert again.to_list() == stepwise.to_list()
+
+
+def test_erprm_rows_read_and_write_back_exactly():
+    row = erprm_to_stepwise(ERPRM_ROW)
+    assert row == {
+        "prompt": "Ann has 3 apples and buys 4 more. How many apples does she have?",
+        "completions": ["Step 1: She buys 4 more, so 3 + 4 = 7.", "Step 2: The answer is 7."],
+        "labels": [0.8571, 0.3333333333333333],  # never rounded
+    }
+    assert stepwise_to_erprm(row) == ERPRM_ROW
+    assert erprm_to_stepwise(stepwise_to_erprm(row)) == row
+    # the soft labels of the Math-Shepherd samples survive the ER-PRM format too
+    soft = {**row, "labels": [0.25, 1.0]}
+    assert (
+        erprm_to_stepwise(
+            stepwise_to_erprm(soft, text_column="t", value_column="v"), text_column="t", value_column="v"
+        )
+        == soft
+    )
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({**ERPRM_ROW, "value": [0.5]}, r"ER-PRM row 3: 'value' has 1 values but the text has 2 step tags"),
+        ({**ERPRM_ROW, "value": [0.5, 1.5]}, r"ER-PRM row 3: 'value' step 1 is 1.5; values must be real numbers"),
+        ({**ERPRM_ROW, "value": [0.5, float("nan")]}, r"'value' step 1 is nan"),
+        ({**ERPRM_ROW, "text": ERPRM_ROW["text"] + " and more"}, r"text after the last step tag"),
+        ({"value": [1.0]}, r"'text' must be a string"),
+    ],
+)
+def test_erprm_bad_rows(row, message):
+    with pytest.raises(ValueError, match=message):
+        erprm_to_stepwise(row, 3)
+
+
+def test_writers_refuse_what_would_not_read_back():
+    row = erprm_to_stepwise(ERPRM_ROW)
+    with pytest.raises(
+        ValueError, match=r"Math-Shepherd row 2: 'labels' must be one 0/1 label per step.*stepwise_to_erprm"
+    ):
+        stepwise_to_math_shepherd(row, 2)  # soft labels do not fit "+" / "-"
+    hard = {**row, "labels": [1.0, 0.0]}
+    assert stepwise_to_math_shepherd(hard)["label"].endswith("so 3 + 4 = 7. +\nStep 2: The answer is 7. -")
+    for bad, message in [
+        ({**hard, "completions": ["Step 1: a ки b", "Step 2: c"]}, "or the tag 'ки'"),
+        ({**hard, "completions": ["Step 1: a ", "Step 2: c"]}, "without surrounding whitespace"),
+        ({**hard, "completions": ["First: a", "Step 2: c"]}, "must start with 'Step 1:'"),
+        ({**hard, "prompt": ""}, "'prompt' must be a non-empty string"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            stepwise_to_math_shepherd(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PRM800K: unrated steps (rating null)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_prm800k_unrated_steps_stop_the_path_and_are_counted(sample_data, caplog):
+    rows = _rows(sample_data / "prm800k_samples.jsonl")
+    unrated = copy.deepcopy(rows[0])  # its path: five chosen completions then the answer
+    steps = unrated["label"]["steps"]
+    steps[3]["completions"][steps[3]["chosen_completion"]]["rating"] = None  # the 4th step on the path is unrated
+    first_unrated = copy.deepcopy(rows[0])
+    first_unrated["label"]["steps"][0]["completions"][0]["rating"] = None
+    expected = prm800k_to_stepwise(rows[0])[-1]
+    counts = {}
+    converted = convert_prm800k([unrated, rows[1], first_unrated], counts=counts)  # no abort
+    stopped = converted[0]
+    assert stopped["completions"] == expected["completions"][:3] and stopped["labels"] == expected["labels"][:3]
+    assert counts == {"rows": 3, "unrated_stop": 2, "no_row": 1}
+    assert "2 of 3 rows stopped before an unrated step" in caplog.text
+    assert convert_prm800k(rows) == [r for i, row in enumerate(rows) for r in prm800k_to_stepwise(row, i)]

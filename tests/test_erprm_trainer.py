@@ -272,3 +272,119 @@ def test_eta_is_validated(cpu_train_kwargs):
         _config(cpu_train_kwargs, eta=float("nan"))
     assert _config(cpu_train_kwargs, eta="hard").eta == math.inf
     assert _config(cpu_train_kwargs, eta="soft").eta == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input validation covers what the trainer computes (issue 11, item 4)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_outcomes_outside_0_1_are_rejected_like_labels(token_cls_model, tokenizer, cpu_train_kwargs):
+    rows = Dataset.from_list(
+        [
+            {"prompt": "What is 1+1?", "completions": ["1+1=2."], "step_outcomes": [[1.0, 0.0]]},
+            {"prompt": "What is 2+2?", "completions": ["2+2=4.", "So 4."], "step_outcomes": [[1.0, -1.0], [1.0]]},
+        ]
+    )
+    with pytest.raises(ValueError, match=r"row 1: field 'step_outcomes' step 0 holds a reward outside \[0, 1\]"):
+        ERPRMTrainer(
+            model=token_cls_model, args=_config(cpu_train_kwargs), train_dataset=rows, processing_class=tokenizer
+        )
+
+
+def test_train_on_outcomes_and_evaluate_on_labels_only(token_cls_model, tokenizer, cpu_train_kwargs):
+    train = Dataset.from_list(
+        [
+            {"prompt": f"What is {i}+1?", "completions": [f"{i}+1={i + 1}.", "Done."], "step_outcomes": [[1, 0], [1]]}
+            for i in range(4)
+        ]
+    )
+    human = Dataset.from_list(
+        [{"prompt": "What is 5+1?", "completions": ["5+1=6.", "Done."], "labels": [0.3, 1.0]}] * 2
+    )
+    trainer = ERPRMTrainer(
+        model=token_cls_model,
+        args=_config(cpu_train_kwargs, eta="hard", per_device_eval_batch_size=2),
+        train_dataset=train,
+        eval_dataset=human,
+        processing_class=tokenizer,
+    )
+    batch = next(iter(trainer.get_eval_dataloader()))
+    assert batch["labels"][batch["labels"] != -100].tolist() == pytest.approx([0.3, 1.0, 0.3, 1.0])  # kept
+    train_batch = next(iter(trainer.get_train_dataloader()))
+    assert train_batch["labels"][train_batch["labels"] != -100].tolist() == pytest.approx([1.0] * 8)  # eta = inf
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert metrics["eval_label_mean"] == pytest.approx(0.65) and math.isfinite(metrics["eval_loss"])
+
+
+def _labelled_by_the_labeler():
+    ok = {"prompt": "What is 1+1?", "completions": ["1+1=2."], "step_outcomes": [[1.0]], "labels": [1.0]}
+    return Dataset.from_list(
+        [
+            {**ok, "status": "ok", "status_message": ""},
+            {**ok, "step_outcomes": None, "labels": None, "status": "missing_gold", "status_message": "no gold"},
+            {**ok, "status": "ok", "status_message": ""},
+        ]
+    )
+
+
+def test_rows_the_labeler_could_not_label_name_their_status(token_cls_model, tokenizer, cpu_train_kwargs):
+    with pytest.raises(ValueError, match=r"row 1: field 'status' is 'missing_gold'.*skip_failed_rows=True"):
+        ERPRMTrainer(
+            model=token_cls_model,
+            args=_config(cpu_train_kwargs),
+            train_dataset=_labelled_by_the_labeler(),
+            processing_class=tokenizer,
+        )
+    with pytest.warns(UserWarning, match=r"Dropped 1 of 3 rows .*\{'missing_gold': 1\}"):
+        trainer = ERPRMTrainer(
+            model=token_cls_model,
+            args=_config(cpu_train_kwargs, skip_failed_rows=True),
+            train_dataset=_labelled_by_the_labeler(),
+            eval_dataset=_labelled_by_the_labeler(),
+            processing_class=tokenizer,
+        )
+    assert len(trainer.train_dataset) == 2 and len(trainer.eval_dataset) == 2
+    trainer.train()
+
+
+def test_prompts_longer_than_max_length_warn_and_fail_when_nothing_is_left(
+    token_cls_model, tokenizer, cpu_train_kwargs
+):
+    long = {"prompt": "What is " + " + ".join(["1"] * 40) + "?", "completions": ["It is 40."], "labels": [1.0]}
+    short = {"prompt": "What is 1+1?", "completions": ["1+1=2."], "labels": [1.0]}
+    with pytest.warns(UserWarning, match=r"1 of 2 rows of the train dataset keep no labelled step .*max_length=30"):
+        ERPRMTrainer(
+            model=token_cls_model,
+            args=_config(cpu_train_kwargs, max_length=30),
+            train_dataset=Dataset.from_list([long, short]),
+            processing_class=tokenizer,
+        )
+    with pytest.raises(ValueError, match=r"2 of 2 rows .* nothing to train on. Raise max_length"):
+        ERPRMTrainer(
+            model=token_cls_model,
+            args=_config(cpu_train_kwargs, max_length=30),
+            train_dataset=Dataset.from_list([long, long]),
+            processing_class=tokenizer,
+        )
+
+
+def test_compute_soft_metrics_accepts_what_transformers_hands_it():
+    labels = np.array([[0.9, -100, 0.2], [0.6, 0.4, -100]])
+    probs = np.array([[0.8, 0.5, 0.3], [0.4, 0.1, 0.99]])
+    logits = np.stack([np.zeros_like(probs), np.log(probs / (1 - probs))], -1)
+    expected = compute_soft_metrics(EvalPrediction(predictions=logits, label_ids=labels))
+    variants = [
+        (logits, labels),  # a plain tuple
+        ((logits, np.zeros((2, 3, 4))), labels),  # predictions that are a tuple (models with several outputs)
+        EvalPrediction(predictions=(logits,), label_ids=labels),
+        EvalPrediction(predictions=logits, label_ids=labels, inputs=np.zeros((2, 3))),  # include_for_metrics
+    ]
+    for variant in variants:
+        assert compute_soft_metrics(variant) == pytest.approx(expected)
+
+
+def test_eta_none_names_eta(cpu_train_kwargs):
+    with pytest.raises(TypeError, match="eta must be a number or one of"):
+        _config(cpu_train_kwargs, eta=None)

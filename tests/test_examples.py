@@ -99,6 +99,18 @@ CASES: dict[str, list[Case]] = {
             outputs={"adapter_model.safetensors": (), "adapter_config.json": ('"task_type": "TOKEN_CLS"',)},
             name="lora",
         ),
+        # an LM-head PRM from the policy's folder, on the labeler's output (one row it could not label), eta by name
+        Case(
+            "--model_name_or_path {causal_lm} --dataset_name {labelled_rows} --output_dir {out} --head lm --eta hard "
+            f"--skip_failed_rows --per_device_train_batch_size 4 {TRAIN}",
+            outputs={
+                "model.safetensors": (),
+                "prm_config.json": ('"head": "lm"', '"step_tag": " ки"'),
+                "README.md": ("LM head", "2412.11006", "load_scorer("),
+            },
+            logs=(r"Dropped 1 of 9 rows .*'missing_gold': 1",),
+            name="lm_head",
+        ),
     ],
     "grpo_implicit_prm_reward.py": [
         Case(
@@ -232,7 +244,19 @@ def example_inputs(tmp_path_factory, causal_lm_path, tokenizer):
     lora_prm = root / "lora_prm"
     get_peft_model(base, lora).save_pretrained(lora_prm)
     tokenizer.save_pretrained(lora_prm)
+    labelled = [
+        {
+            "prompt": f"What is {i} + 2?",
+            "completions": [f"{i} + 2 = {i + 2}.", f"The answer is {i + 2}."],
+            "step_outcomes": [[1.0, 0.0], [1.0]],
+            "labels": [0.5, 1.0],
+            "status": "ok",
+        }
+        for i in range(8)
+    ]
+    labelled.append({**labelled[0], "step_outcomes": None, "labels": None, "status": "missing_gold"})
     return {
+        "labelled_rows": _write_jsonl(root / "labelled.jsonl", labelled),
         "soft_rows": _write_jsonl(root / "soft.jsonl", stepwise(soft=True)),
         "hard_rows": _write_jsonl(root / "hard.jsonl", stepwise(soft=False)),
         "outcome_rows": _write_jsonl(root / "outcomes.jsonl", outcomes),

@@ -1,12 +1,13 @@
-"""ImplicitPRMTrainer: data checks, DPO pairing, collation, CE/DPO/LoRA training measured before and after."""
+"""ImplicitPRMTrainer: data checks, DPO pairing, collation, CE/DPO/KTO/NCA/LoRA training measured before and after."""
 
 import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-from trl_erprm.data import DataCollatorForImplicitPRM, build_dpo_pairs, validate_outcome_rows
-from trl_erprm.implicit_prm import ImplicitPRM
+from trl_erprm.data import DataCollatorForImplicitPRM, build_dpo_pairs, mismatched_rows, validate_outcome_rows
+from trl_erprm.functional import implicit_prm_kto_loss, implicit_prm_nca_loss, kto_reference_point
+from trl_erprm.implicit_prm import ImplicitPRM, completion_logps
 from trl_erprm.implicit_prm_config import ImplicitPRMConfig
 from trl_erprm.implicit_prm_trainer import ImplicitPRMTrainer
 
@@ -120,7 +121,7 @@ def test_collator_layout_by_hand():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_type", ["ce", "dpo"])
+@pytest.mark.parametrize("loss_type", ["ce", "dpo", "kto", "nca"])
 def test_training_raises_correct_above_incorrect(loss_type, tokenizer, causal_lm_path, tmp_path):
     dataset = Dataset.from_list(toy_rows())
     before = ImplicitPRM(causal_lm_path, ref_model=causal_lm_path, tokenizer=tokenizer, beta=BETA, aggregation="last")
@@ -138,8 +139,14 @@ def test_training_raises_correct_above_incorrect(loss_type, tokenizer, causal_lm
         correct, incorrect = mean_scores(after, dataset)
         assert correct - incorrect > 0.5, (how, correct, incorrect)
     logs = trainer.state.log_history
-    key = "rewards/correct" if loss_type == "ce" else "rewards/margins"
-    assert key in logs[0] and logs[-2]["accuracy"] > 0.8
+    key = "rewards/correct" if loss_type in ("ce", "kto") else "rewards/margins"
+    assert key in logs[0]
+    if loss_type == "kto":  # KTO's accuracy is `r > z_0` against the label, z_0 moving with the model (logged as kl)
+        assert logs[-2]["rewards/correct"] > logs[-2]["rewards/incorrect"] and logs[-2]["accuracy"] > 0.6
+        assert "kl" in logs[-2]
+    else:
+        assert logs[-2]["accuracy"] > 0.8
+    assert logs[-2]["loss"] < logs[0]["loss"]  # each of the four losses lowers on the toy set
 
 
 @pytest.mark.slow
@@ -250,8 +257,125 @@ def test_conversational_rows_model_card_and_save(tokenizer, causal_lm_path, tmp_
 
 def test_config_rejects_bad_values(tmp_path):
     with pytest.raises(ValueError, match="loss_type"):
-        make_args(tmp_path, loss_type="kto")
+        make_args(tmp_path, loss_type="ipo")
+    with pytest.raises(ValueError, match="desirable_weight and undesirable_weight must be > 0"):
+        make_args(tmp_path, loss_type="kto", undesirable_weight=0.0)
     with pytest.raises(ValueError, match="beta"):
         make_args(tmp_path, beta=0.0)
     args = make_args(tmp_path, model_init_kwargs='{"dtype": "float32"}')
     assert args.model_init_kwargs == {"dtype": "float32"}  # parsed from the CLI string form
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# KTO and NCA (the other two losses of the paper)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_mismatched_rows_pair_every_row_with_another_prompt():
+    assert mismatched_rows(list("aabbbc")) == [2, 2, 5, 5, 5, 0]
+    assert mismatched_rows(list("ab")) == [1, 0]
+    with pytest.raises(ValueError, match="single prompt"):
+        mismatched_rows(["same", "same"])
+    collator = DataCollatorForImplicitPRM(pad_token_id=9)
+    batch = collator(
+        [
+            {"prompt_ids": [1, 2], "completion_ids": [3], "label": 1.0, "kl_completion_ids": [5, 6]},
+            {"prompt_ids": [4], "completion_ids": [5, 6], "label": 0.0, "kl_completion_ids": [3]},
+        ]
+    )
+    assert batch["kl_input_ids"].tolist() == [[1, 2, 5, 6], [9, 4, 3, 9]]  # each prompt with another's completion
+    assert batch["kl_completion_mask"].tolist() == [[1, 1], [1, 0]]
+
+
+@pytest.fixture(scope="module")
+def other_lm_path(tokenizer, tmp_path_factory):
+    """A second tiny causal LM (another seed): a reference that differs from the model, so log-ratios are not 0."""
+    from trl_erprm.tiny import build_tiny_model
+
+    path = tmp_path_factory.mktemp("other_lm")
+    build_tiny_model(tokenizer, "causal_lm", save_dir=path, seed=1)
+    return str(path)
+
+
+def _sequence_log_ratio(model, ref, batch, prefix=""):
+    mask = batch[f"{prefix}completion_mask"]
+    ids, attention = batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"]
+    with torch.no_grad():
+        ratio = completion_logps(model, ids, attention, mask.shape[1]) - completion_logps(
+            ref, ids, attention, mask.shape[1]
+        )
+    return (ratio * mask).sum(-1)
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "nca"])
+def test_kto_and_nca_losses_equal_a_hand_computation(loss_type, tokenizer, causal_lm_path, other_lm_path, tmp_path):
+    args = make_args(tmp_path, loss_type=loss_type, desirable_weight=1.0, undesirable_weight=1.5)
+    trainer = ImplicitPRMTrainer(
+        causal_lm_path,
+        ref_model=other_lm_path,
+        args=args,
+        train_dataset=Dataset.from_list(toy_rows(3)),
+        processing_class=tokenizer,
+    )
+    rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    batch = trainer.data_collator(rows)
+    model = trainer.model.eval()
+    ref = AutoModelForCausalLM.from_pretrained(other_lm_path).eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+    ratio = _sequence_log_ratio(model, ref, batch)
+    if loss_type == "kto":
+        assert "kl_input_ids" in batch and len(rows) == 6
+        z0 = kto_reference_point(_sequence_log_ratio(model, ref, batch, "kl_"))
+        expected = implicit_prm_kto_loss(ratio, batch["outcome_labels"], BETA, z0, 1.0, 1.5).mean()
+        # written out for the first row (correct): 1 - sigmoid(beta * (r - z0))
+        first = 1 - torch.sigmoid(BETA * (ratio[0] - z0))
+        assert implicit_prm_kto_loss(ratio, batch["outcome_labels"], BETA, z0, 1.0, 1.5)[0].item() == pytest.approx(
+            first.item(), rel=1e-6
+        )
+    else:
+        n = len(rows)
+        expected = implicit_prm_nca_loss(ratio[:n], ratio[n:], BETA).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert abs(ratio).max() > 0.1  # the reference really differs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reference", ["separate", "adapter", "precomputed"])
+def test_kto_and_nca_with_every_reference(reference, tokenizer, causal_lm_path, tmp_path):
+    from peft import LoraConfig
+
+    dataset = Dataset.from_list(toy_rows(4))
+    for loss_type in ("kto", "nca"):
+        common = {"loss_type": loss_type, "max_steps": 8, "logging_steps": 1}
+        kwargs = {"args": make_args(tmp_path, **common), "processing_class": tokenizer}
+        if reference == "separate":
+            kwargs["ref_model"] = causal_lm_path
+        elif reference == "adapter":
+            kwargs["peft_config"] = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+            kwargs["args"] = make_args(tmp_path, learning_rate=2e-2, **common)
+        else:
+            kwargs["args"] = make_args(tmp_path, precompute_ref_log_probs=True, **common)
+        trainer = ImplicitPRMTrainer(causal_lm_path, train_dataset=dataset, **kwargs)
+        if reference == "precomputed":
+            assert trainer.ref_model is None
+            columns = set(trainer.train_dataset.column_names)
+            assert ({"ref_logps", "kl_ref_logps"} if loss_type == "kto" else {"chosen_ref_logps"}) <= columns
+        trainer.train()
+        losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+        assert losses[-1] < losses[0], (loss_type, reference, losses)
+        ref = "adapter" if reference == "adapter" else causal_lm_path
+        prm = ImplicitPRM(trainer.model, ref_model=ref, tokenizer=tokenizer, beta=BETA, aggregation="last")
+        correct, incorrect = mean_scores(prm, dataset)
+        assert correct > incorrect, (loss_type, reference, correct, incorrect)
+
+
+def test_kto_needs_two_prompts(tokenizer, causal_lm_path, tmp_path):
+    rows = toy_rows(1)
+    with pytest.raises(ValueError, match="single prompt"):
+        ImplicitPRMTrainer(
+            causal_lm_path,
+            args=make_args(tmp_path, loss_type="kto"),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )

@@ -225,3 +225,54 @@ def test_training_and_metrics_identical_to_trls(token_cls_model, tokenizer, cpu_
     assert {k: v for k, v in our_metrics.items() if k not in runtime} == {
         k: v for k, v in their_metrics.items() if k not in runtime
     }
+
+
+@pytest.mark.parametrize("bad", [float("nan"), None])
+def test_a_nan_or_missing_label_names_its_row_and_field(bad, token_cls_model, tokenizer, cpu_train_kwargs):
+    rows = Dataset.from_list([ROW, {**ROW, "labels": [1.0, bad]}])
+    with pytest.raises(ValueError, match=rf"train dataset row 1: field 'labels' step 1 is {bad}; PRMTrainer needs"):
+        PRMTrainer(
+            model=token_cls_model, args=PRMConfig(**cpu_train_kwargs), train_dataset=rows, processing_class=tokenizer
+        )
+
+
+def test_saved_folder_records_the_separator_and_the_card_scores_steps(
+    token_cls_model, tokenizer, cpu_train_kwargs, tmp_path
+):
+    from trl_erprm.evaluation.scorers import load_scorer
+
+    args = PRMConfig(**{**cpu_train_kwargs, "step_separator": "\n\n", "max_steps": 1})
+    trainer = PRMTrainer(
+        model=token_cls_model, args=args, train_dataset=Dataset.from_list([ROW] * 2), processing_class=tokenizer
+    )
+    trainer.train()
+    trainer.save_model()
+    out = cpu_train_kwargs["output_dir"]
+    assert load_scorer(out).step_separator == "\n\n"  # prm_config.json, read by the scorers
+    trainer.create_model_card()
+    card = open(f"{out}/README.md").read()
+    assert "pipeline_tag: token-classification" in card and "text-generation" not in card
+
+
+def test_compute_accuracy_takes_every_form_transformers_hands_it():
+    labels = np.array([[1, -100, 0], [0, 1, -100]])
+    logits = np.array([[[0.1, 0.9], [0.5, 0.5], [0.8, 0.2]], [[0.3, 0.7], [0.2, 0.8], [0.5, 0.5]]])
+    expected = dropin_trainer.compute_accuracy(EvalPrediction(predictions=logits, label_ids=labels))
+    assert expected == {"accuracy": pytest.approx(3 / 4)}
+    for variant in (
+        (logits, labels),
+        ((logits, np.zeros((2, 3, 8))), labels),
+        EvalPrediction(predictions=logits, label_ids=labels, inputs=np.zeros((2, 3))),
+    ):
+        assert dropin_trainer.compute_accuracy(variant) == expected
+
+
+def test_no_labelled_step_left_after_truncation_is_an_error(token_cls_model, tokenizer, cpu_train_kwargs):
+    long = {**ROW, "prompt": "What is " + " + ".join(["1"] * 40) + "?"}
+    with pytest.raises(ValueError, match=r"2 of 2 rows of the train dataset keep no labelled step"):
+        PRMTrainer(
+            model=token_cls_model,
+            args=PRMConfig(**cpu_train_kwargs, max_length=20),
+            train_dataset=Dataset.from_list([long, long]),
+            processing_class=tokenizer,
+        )

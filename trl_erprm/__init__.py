@@ -13,7 +13,15 @@ from ._lazy import LazyModule
 __version__ = "0.1.0"
 
 _import_structure = {
-    "data.converters": ["convert_prm800k", "gsm8k_to_stepwise", "math_shepherd_to_stepwise", "prm800k_to_stepwise"],
+    "data.converters": [
+        "convert_prm800k",
+        "erprm_to_stepwise",
+        "gsm8k_to_stepwise",
+        "math_shepherd_to_stepwise",
+        "prm800k_to_stepwise",
+        "stepwise_to_erprm",
+        "stepwise_to_math_shepherd",
+    ],
     "data.stepwise": ["ERPRMDataCollator"],
     "erprm_config": ["ERPRMConfig"],
     "erprm_trainer": ["ERPRMTrainer", "compute_soft_metrics"],
@@ -33,7 +41,15 @@ _import_structure = {
 }
 
 if TYPE_CHECKING:
-    from .data.converters import convert_prm800k, gsm8k_to_stepwise, math_shepherd_to_stepwise, prm800k_to_stepwise
+    from .data.converters import (
+        convert_prm800k,
+        erprm_to_stepwise,
+        gsm8k_to_stepwise,
+        math_shepherd_to_stepwise,
+        prm800k_to_stepwise,
+        stepwise_to_erprm,
+        stepwise_to_math_shepherd,
+    )
     from .data.stepwise import ERPRMDataCollator
     from .erprm_config import ERPRMConfig
     from .erprm_trainer import ERPRMTrainer, compute_soft_metrics

@@ -14,6 +14,7 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -40,7 +41,15 @@ def resolve_eta(eta: float | int | str) -> float:
 
     Returns:
         `float`: The entropy-regularisation coefficient.
+
+    Raises:
+        `TypeError`: If `eta` is `None` or not a number or string. `ValueError`: For NaN or an unknown name.
     """
+    if isinstance(eta, bool) or not isinstance(eta, (str, numbers.Real)):
+        raise TypeError(
+            f"eta must be a number or one of {sorted(ETA_ALIASES)}, got {eta!r} ({type(eta).__name__}). Pass e.g. "
+            "eta=2.0, eta='soft' (eta=0) or eta='hard' (eta=+inf)."
+        )
     if isinstance(eta, str):
         key = eta.strip().lower()
         if key in ETA_ALIASES:
@@ -793,3 +802,144 @@ def process_supervision_advantages(
             raise ValueError("outcome_coef != 0 needs the outcome_advantages.")
         advantages = advantages + outcome_coef * outcome_advantages.float().to(advantages.device).unsqueeze(-1)
     return advantages * mask.to(advantages.dtype)
+
+
+# LM-head PRMs (Math-Shepherd / ER-PRM convention) and the KTO / NCA losses of implicit PRMs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def two_token_logits(logits: torch.Tensor, good_token_id: int, bad_token_id: int) -> torch.Tensor:
+    """The two candidate logits of an LM-head PRM as two-class logits `[l_bad, l_good]` (class 1 = "good step").
+
+    The order matches a token-classification PRM, so [`soft_cross_entropy`] and the soft-label metrics apply as they
+    are; `two_token_logits(...).softmax(-1)[..., 1]` is [`two_token_step_scores`].
+
+    Args:
+        logits (`torch.Tensor`):
+            LM-head logits of shape `(..., vocab_size)`.
+        good_token_id (`int`):
+            Token id of the "good" candidate (e.g. `"+"`).
+        bad_token_id (`int`):
+            Token id of the "bad" candidate (e.g. `"-"`).
+
+    Returns:
+        `torch.Tensor`: Shape `(..., 2)`, in the dtype of `logits`.
+    """
+    return torch.stack([logits[..., bad_token_id], logits[..., good_token_id]], dim=-1)
+
+
+def lm_head_soft_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    good_token_id: int,
+    bad_token_id: int,
+    ignore_index: float = -100.0,
+) -> torch.Tensor:
+    r"""Soft two-class cross-entropy of an LM-head PRM over its two candidate logits, per position (ER-PRM training).
+
+    At a step tag with soft label `v`: `p = softmax([l_good, l_bad])` and `loss = -(v * log p_good + (1 - v) * log
+    p_bad)`, the target being `[v, 1 - v]` over `[good, bad]` (ER-PRM, arXiv:2412.11006, section 3; the reference code
+    `prm/kl_math_reward_ce.py`). The other logits of the vocabulary play no part. Labels are never rounded.
+
+    Args:
+        logits (`torch.Tensor`):
+            LM-head logits of shape `(B, T, vocab_size)` (or any `(..., vocab_size)`).
+        targets (`torch.Tensor`):
+            Soft labels in [0, 1] of shape `(B, T)`: at the token of each step tag, `ignore_index` elsewhere.
+        good_token_id (`int`):
+            Token id of the "good" candidate.
+        bad_token_id (`int`):
+            Token id of the "bad" candidate.
+        ignore_index (`float`, *optional*, defaults to `-100.0`):
+            Value of `targets` at positions without a label.
+
+    Returns:
+        `torch.Tensor`: The loss of shape `(B, T)`, 0 at unlabelled positions (float32 or wider).
+    """
+    return soft_cross_entropy(two_token_logits(logits, good_token_id, bad_token_id), targets, ignore_index)
+
+
+def kto_reference_point(mismatched_log_ratio: torch.Tensor) -> torch.Tensor:
+    r"""KTO's reference point `z_0`: the estimate of `KL(pi_theta || pi_ref)` from mismatched pairs, clamped at 0.
+
+    KTO (Ethayarajh et al. 2024, arXiv:2402.01306) estimates `z_0 = KL(pi_theta(y'|x) || pi_ref(y'|x))`
+    with the sequence log-ratios of completions `y'` paired with prompts `x` they do not answer (the mismatched pairs
+    of a batch), averaged and clamped at 0; no gradient flows through it.
+
+    Args:
+        mismatched_log_ratio (`torch.Tensor`):
+            `log pi_theta(y'|x) - log pi_ref(y'|x)` summed over each mismatched completion, shape `(M,)`, `M >= 1`.
+
+    Returns:
+        `torch.Tensor`: A detached scalar `>= 0`.
+    """
+    if mismatched_log_ratio.numel() == 0:
+        raise ValueError("kto_reference_point needs at least one mismatched (prompt, completion) pair.")
+    return mismatched_log_ratio.detach().float().mean().clamp(min=0.0)
+
+
+def implicit_prm_kto_loss(
+    log_ratio: torch.Tensor,
+    labels: torch.Tensor,
+    beta: float,
+    reference_point: torch.Tensor | float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    r"""KTO loss of an implicit PRM on unpaired outcome labels (Ethayarajh et al. 2024, arXiv:2402.01306).
+
+    With `r = beta * log_ratio` the implicit outcome reward and `z = beta * reference_point`:
+    a correct completion (label 1) costs `lambda_D * (1 - sigmoid(r - z))`, an incorrect one (label 0) costs
+    `lambda_U * (1 - sigmoid(z - r))`. The implicit-PRM paper (arXiv:2412.01981) trains its KTO variant with this
+    objective on the same response-level labels as CE.
+
+    Args:
+        log_ratio (`torch.Tensor`):
+            Sequence log-ratios `log pi_theta(y) - log pi_ref(y)`, shape `(B,)` (see [`sequence_log_ratio`]).
+        labels (`torch.Tensor`):
+            Outcome labels of shape `(B,)`: 1 correct ("desirable"), 0 incorrect ("undesirable").
+        beta (`float`):
+            Scale of the implicit reward.
+        reference_point (`torch.Tensor` or `float`):
+            The KL estimate `z_0` in log-ratio units (see [`kto_reference_point`]); `0` for no reference point.
+        desirable_weight (`float`, *optional*, defaults to `1.0`):
+            `lambda_D`, the weight of correct completions.
+        undesirable_weight (`float`, *optional*, defaults to `1.0`):
+            `lambda_U`, the weight of incorrect completions.
+
+    Returns:
+        `torch.Tensor`: Loss of shape `(B,)`.
+    """
+    reference = torch.as_tensor(reference_point, dtype=log_ratio.dtype, device=log_ratio.device)
+    margin = beta * (log_ratio - reference)
+    desirable = labels.to(log_ratio.dtype) >= 0.5
+    return torch.where(
+        desirable,
+        desirable_weight * (1.0 - torch.sigmoid(margin)),
+        undesirable_weight * (1.0 - torch.sigmoid(-margin)),
+    )
+
+
+def implicit_prm_nca_loss(
+    chosen_log_ratio: torch.Tensor, rejected_log_ratio: torch.Tensor, beta: float
+) -> torch.Tensor:
+    r"""NCA loss of an implicit PRM on (correct, incorrect) pairs (Chen et al. 2024, "Noise Contrastive Alignment of
+    Language Models with Explicit Rewards", arXiv:2402.05369, the pairwise NCA objective).
+
+    `loss = -log sigmoid(r_w) - 1/2 * [log sigmoid(-r_w) + log sigmoid(-r_l)]` with `r = beta * log_ratio`: unlike
+    DPO, which sees only the margin `r_w - r_l`, it acts on each reward itself (the correct one is pulled towards
+    `log 2`, the incorrect one down), so rewards do not drift together.
+
+    Args:
+        chosen_log_ratio (`torch.Tensor`):
+            Sequence log-ratios of the correct completions, shape `(P,)`.
+        rejected_log_ratio (`torch.Tensor`):
+            Sequence log-ratios of the incorrect completions of the same prompts, shape `(P,)`.
+        beta (`float`):
+            Scale of the implicit reward.
+
+    Returns:
+        `torch.Tensor`: Loss of shape `(P,)`.
+    """
+    chosen, rejected = beta * chosen_log_ratio, beta * rejected_log_ratio
+    return -F.logsigmoid(chosen) - 0.5 * (F.logsigmoid(-chosen) + F.logsigmoid(-rejected))

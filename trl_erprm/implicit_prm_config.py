@@ -8,8 +8,10 @@ from typing import Any
 from ._compat import BaseConfig, add_dict_fields, adopt_activation_checkpointing
 
 
-#: Losses of [`ImplicitPRMTrainer`] by name.
-IMPLICIT_PRM_LOSS_TYPES = ("ce", "dpo")
+#: Losses of [`ImplicitPRMTrainer`] by name: the four of the implicit-PRM paper (arXiv:2412.01981).
+IMPLICIT_PRM_LOSS_TYPES = ("ce", "dpo", "kto", "nca")
+#: The losses that train on (correct, incorrect) pairs of the same prompt (see [`build_dpo_pairs`]).
+PAIRWISE_LOSS_TYPES = ("dpo", "nca")
 
 
 @add_dict_fields("model_init_kwargs")
@@ -50,11 +52,21 @@ class ImplicitPRMConfig(BaseConfig):
             Scale of the implicit reward `r = beta * log pi_theta(y) / pi_ref(y)`. Use the same value when scoring
             with [`ImplicitPRM`].
         loss_type (`str`, *optional*, defaults to `"ce"`):
-            `"ce"`: binary cross-entropy of `sigmoid(r)` against each row's outcome label. `"dpo"`:
-            `-log sigmoid(r_correct - r_incorrect)` on pairs of a correct and an incorrect completion of the same
-            prompt (see [`build_dpo_pairs`] for the pairing rule).
+            The four losses of the implicit-PRM paper. `"ce"`: binary cross-entropy of `sigmoid(r)` against each row's
+            outcome label. `"dpo"`: `-log sigmoid(r_correct - r_incorrect)` on pairs of a correct and an incorrect
+            completion of the same prompt (see [`build_dpo_pairs`] for the pairing rule). `"kto"` (Ethayarajh et al.
+            2024): per row, `lambda_D (1 - sigmoid(r - z_0))` if correct, `lambda_U (1 - sigmoid(z_0 - r))` if not,
+            with the reference point `z_0` estimated from mismatched (prompt, completion) pairs of the batch. `"nca"`
+            (Chen et al. 2024): `-log sigmoid(r_w) - (log sigmoid(-r_w) + log sigmoid(-r_l)) / 2` on the pairs of
+            `"dpo"`.
         max_pairs_per_prompt (`int`, *optional*):
-            With `loss_type="dpo"`, at most this many pairs per prompt (`None`: all correct x incorrect pairs).
+            With `loss_type="dpo"` or `"nca"`, at most this many pairs per prompt (`None`: all correct x incorrect
+            pairs).
+        desirable_weight (`float`, *optional*, defaults to `1.0`):
+            With `loss_type="kto"`: `lambda_D`, the weight of correct completions (KTO advises
+            `lambda_D * n_correct / (lambda_U * n_incorrect)` in [1, 4/3]).
+        undesirable_weight (`float`, *optional*, defaults to `1.0`):
+            With `loss_type="kto"`: `lambda_U`, the weight of incorrect completions.
         precompute_ref_log_probs (`bool`, *optional*, defaults to `False`):
             Whether to compute the reference log-probabilities of the whole dataset once before training (then no
             reference forward pass runs during training, and without PEFT no reference copy is kept in memory).
@@ -85,13 +97,16 @@ class ImplicitPRMConfig(BaseConfig):
     loss_type: str = field(
         default="ce",
         metadata={
-            "help": "Loss: 'ce' (cross-entropy on outcome labels) or 'dpo' (correct x incorrect pairs).",
+            "help": "Loss: 'ce' (cross-entropy on outcome labels), 'dpo' or 'nca' (correct x incorrect pairs), "
+            "'kto' (unpaired).",
             "choices": list(IMPLICIT_PRM_LOSS_TYPES),
         },
     )
     max_pairs_per_prompt: int | None = field(
-        default=None, metadata={"help": "With loss_type='dpo', at most this many pairs per prompt (None: all)."}
+        default=None, metadata={"help": "With loss_type='dpo'/'nca', at most this many pairs per prompt (None: all)."}
     )
+    desirable_weight: float = field(default=1.0, metadata={"help": "KTO: weight of correct completions."})
+    undesirable_weight: float = field(default=1.0, metadata={"help": "KTO: weight of incorrect completions."})
     precompute_ref_log_probs: bool = field(
         default=False,
         metadata={"help": "Whether to compute the reference log-probs of the whole dataset once before training."},
@@ -110,6 +125,11 @@ class ImplicitPRMConfig(BaseConfig):
             raise ValueError(f"beta must be > 0, got {self.beta}.")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be at least 2 (or None), got {self.max_length}.")
+        if not (self.desirable_weight > 0 and self.undesirable_weight > 0):
+            raise ValueError(
+                f"desirable_weight and undesirable_weight must be > 0, got {self.desirable_weight} and "
+                f"{self.undesirable_weight}."
+            )
         if self.max_pairs_per_prompt is not None and self.max_pairs_per_prompt < 1:
             raise ValueError(f"max_pairs_per_prompt must be >= 1 (or None), got {self.max_pairs_per_prompt}.")
         adopt_activation_checkpointing(self)  # TRL's default gradient_checkpointing=True must not warn

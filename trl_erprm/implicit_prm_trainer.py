@@ -16,13 +16,25 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from ._compat import BaseTrainer, KeepColumnsMixin, ModelCardOnCheckpointMixin, prepare_inputs
 from .data.outcome import DataCollatorForImplicitPRM, prepare_outcome_dataset
-from .functional import implicit_prm_ce_loss, implicit_prm_dpo_loss, sequence_log_ratio
+from .functional import (
+    implicit_prm_ce_loss,
+    implicit_prm_dpo_loss,
+    implicit_prm_kto_loss,
+    implicit_prm_nca_loss,
+    kto_reference_point,
+    sequence_log_ratio,
+)
 from .implicit_prm import ImplicitPRM, completion_logps
 from .implicit_prm_config import ImplicitPRMConfig
+from .model_card import PRMModelCardMixin, implicit_prm_snippets, model_source, shown_name
 from .models import load_model, load_tokenizer
 
 
-__all__ = ["ImplicitPRMTrainer"]
+#: The pairwise losses by name: `(chosen_log_ratio (P,), rejected_log_ratio (P,), beta) -> (P,)`.
+PAIRWISE_LOSSES = {"dpo": implicit_prm_dpo_loss, "nca": implicit_prm_nca_loss}
+
+
+__all__ = ["PAIRWISE_LOSSES", "ImplicitPRMTrainer"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -30,13 +42,16 @@ __all__ = ["ImplicitPRMTrainer"]
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class ImplicitPRMTrainer(ModelCardOnCheckpointMixin, KeepColumnsMixin, BaseTrainer):
+class ImplicitPRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, KeepColumnsMixin, BaseTrainer):
     r"""Train an implicit PRM from outcome labels (Yuan et al., arXiv:2412.01981).
 
     The model's implicit outcome reward is `r(y) = beta * sum_t (log pi_theta(y_t|y<t) - log pi_ref(y_t|y<t))` over
-    the completion tokens. With `loss_type="ce"` the loss is `BCE(sigmoid(r(y)), label)` per row; with
-    `loss_type="dpo"` it is `-log sigmoid(r(y_correct) - r(y_incorrect))` per pair of the same prompt. The trained
-    model then gives step rewards with [`ImplicitPRM`].
+    the completion tokens. The four losses of the paper (`args.loss_type`, formulas in
+    [`~trl_erprm.functional`]): `"ce"`, `BCE(sigmoid(r(y)), label)` per row; `"dpo"`,
+    `-log sigmoid(r(y_correct) - r(y_incorrect))` per pair of the same prompt; `"nca"`, the NCA loss on the same
+    pairs; `"kto"`, the KTO loss per row, its reference point `z_0` estimated (without gradient) from the log-ratios of
+    each row's prompt with the completion of another prompt ([`~trl_erprm.data.mismatched_rows`]), averaged over the
+    batch of every process and clamped at 0. The trained model then gives step rewards with [`ImplicitPRM`].
 
     The reference `pi_ref` is, in this order: the model with its adapter disabled when the model is (or becomes, via
     `peft_config`) a PEFT model and no `ref_model` is given; `ref_model` when given; otherwise a frozen copy of the
@@ -121,6 +136,7 @@ class ImplicitPRMTrainer(ModelCardOnCheckpointMixin, KeepColumnsMixin, BaseTrain
             ref_model = copy.deepcopy(model)  # the frozen initial model
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
+        self._card_reference = "adapter" if use_adapter_ref else model_source(ref_model or model)
         if is_peft_model(model) and args.gradient_checkpointing:
             model.enable_input_require_grads()
         if args.disable_dropout:
@@ -173,6 +189,38 @@ class ImplicitPRMTrainer(ModelCardOnCheckpointMixin, KeepColumnsMixin, BaseTrain
             elif self.eval_dataset is not None:
                 self.eval_dataset = self._precompute_ref_logps(self.eval_dataset, "eval", eval_batch)
 
+    def card_summary(self) -> tuple[str, list[tuple[str, str]]]:
+        """The card's summary: an implicit PRM, its loss, reference and beta.
+
+        Returns:
+            `tuple[str, list[tuple[str, str]]]`: The summary and the facts.
+        """
+        summary = (
+            "An implicit process reward model ([Free Process Rewards without Process Labels]"
+            "(https://huggingface.co/papers/2412.01981)): a causal language model `pi` whose log-ratio to a reference "
+            "gives every token a process reward `r_t = beta * log pi(y_t | y_<t) / pi_ref(y_t | y_<t)`; the reward "
+            "of a step is the sum over its tokens. It was trained on outcome labels only (is the final answer right)."
+        )
+        reference = self._card_reference
+        shown = "the model with its adapter disabled" if reference == "adapter" else shown_name(reference)
+        return summary, [
+            ("Loss", f"`{self.args.loss_type}`"),
+            ("Reference model", shown),
+            ("beta", str(self.args.beta)),
+        ]
+
+    def card_snippets(self, location: str) -> list[tuple[str, str]]:
+        """Scoring snippet of the saved implicit PRM ([`ImplicitPRM`] with the same reference and beta).
+
+        Args:
+            location (`str`):
+                The PRM's Hub id or folder.
+
+        Returns:
+            `list[tuple[str, str]]`: One `(introduction, code)` pair.
+        """
+        return implicit_prm_snippets(location, self._card_reference, self.args.beta)
+
     def keep_columns(self) -> list[str]:
         """The columns [`~trl_erprm.data.DataCollatorForImplicitPRM`] reads (none is a model input).
 
@@ -188,6 +236,8 @@ class ImplicitPRMTrainer(ModelCardOnCheckpointMixin, KeepColumnsMixin, BaseTrain
             "rejected_ids",
             "chosen_ref_logps",
             "rejected_ref_logps",
+            "kl_completion_ids",
+            "kl_ref_logps",
         ]
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
@@ -195,27 +245,51 @@ class ImplicitPRMTrainer(ModelCardOnCheckpointMixin, KeepColumnsMixin, BaseTrain
         collator = DataCollatorForImplicitPRM(self.processing_class.pad_token_id)
         is_pairs = "chosen_ids" in dataset.column_names
         chosen, rejected = [], []
+        is_kto = "kl_completion_ids" in dataset.column_names
+        mismatched = []
         for start in tqdm(range(0, len(dataset), batch_size), desc=f"Reference log-probs ({name})"):
             rows = dataset.select(range(start, min(start + batch_size, len(dataset))))
             batch = collator(list(rows))
-            mask = batch["completion_mask"]
-            logps = self._scorer.compute_logps(batch["input_ids"], batch["attention_mask"], mask.shape[1], True)
-            values = [row[: int(n)].tolist() for row, n in zip(logps.cpu(), mask.sum(-1))]
+            values = self._ref_logps_of(batch)
             half = len(values) // 2 if is_pairs else len(values)
             chosen.extend(values[:half])
             rejected.extend(values[half:])
+            if is_kto:
+                mismatched.extend(self._ref_logps_of(batch, "kl_"))
         if is_pairs:
             return dataset.add_column("chosen_ref_logps", chosen).add_column("rejected_ref_logps", rejected)
+        if is_kto:
+            dataset = dataset.add_column("kl_ref_logps", mismatched)
         return dataset.add_column("ref_logps", chosen)
 
-    def _reference_logps(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "ref_logps" in inputs:
-            return inputs["ref_logps"]
-        T = inputs["completion_mask"].shape[1]
-        return self._scorer.compute_logps(inputs["input_ids"], inputs["attention_mask"], T, reference=True)
+    def _ref_logps_of(self, batch: dict[str, torch.Tensor], prefix: str = "") -> list[list[float]]:
+        """Reference log-probs of the completions of a collated batch, one list per row (its completion's length)."""
+        mask = batch[f"{prefix}completion_mask"]
+        logps = self._scorer.compute_logps(
+            batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"], mask.shape[1], True
+        )
+        return [row[: int(n)].tolist() for row, n in zip(logps.cpu(), mask.sum(-1))]
+
+    def _reference_logps(self, inputs: dict[str, torch.Tensor], prefix: str = "") -> torch.Tensor:
+        if f"{prefix}ref_logps" in inputs:
+            return inputs[f"{prefix}ref_logps"]
+        T = inputs[f"{prefix}completion_mask"].shape[1]
+        return self._scorer.compute_logps(
+            inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"], T, reference=True
+        )
+
+    def _kto_reference_point(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """KTO's `z_0` from the mismatched rows of the batch, averaged over every process (no gradient)."""
+        mask = inputs["kl_completion_mask"]
+        with torch.no_grad():
+            logps = completion_logps(model, inputs["kl_input_ids"], inputs["kl_attention_mask"], mask.shape[1])
+            log_ratio = sequence_log_ratio(logps, self._reference_logps(inputs, "kl_"), mask).float()
+            total = torch.stack([log_ratio.sum(), torch.tensor(float(log_ratio.numel()), device=log_ratio.device)])
+            total = self.accelerator.reduce(total, reduction="sum")
+        return kto_reference_point((total[0] / total[1]).reshape(1))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Mean CE or DPO loss of the micro-batch (divided by the accumulation steps by transformers).
+        """Mean CE, DPO, KTO or NCA loss of the micro-batch (divided by the accumulation steps by transformers).
 
         Args:
             model (`torch.nn.Module`):
@@ -235,21 +309,25 @@ class ImplicitPRMTrainer(ModelCardOnCheckpointMixin, KeepColumnsMixin, BaseTrain
         log_ratio = sequence_log_ratio(logps, self._reference_logps(inputs), mask)
         rewards = (self.args.beta * log_ratio).detach()
         mode = "train" if model.training else "eval"
-        if self.args.loss_type == "ce":
+        args = self.args
+        if args.loss_type in ("ce", "kto"):
             labels = inputs["outcome_labels"]
-            loss = implicit_prm_ce_loss(log_ratio, labels, self.args.beta).mean()
             correct = labels >= 0.5
-            self._log_metrics(
-                mode,
-                {
-                    "rewards/correct": rewards[correct],
-                    "rewards/incorrect": rewards[~correct],
-                    "accuracy": ((rewards > 0) == correct).float(),
-                },
-            )
+            metrics = {"rewards/correct": rewards[correct], "rewards/incorrect": rewards[~correct]}
+            if args.loss_type == "ce":
+                loss = implicit_prm_ce_loss(log_ratio, labels, args.beta).mean()
+                metrics["accuracy"] = ((rewards > 0) == correct).float()
+            else:
+                z0 = self._kto_reference_point(model, inputs)
+                loss = implicit_prm_kto_loss(
+                    log_ratio, labels, args.beta, z0, args.desirable_weight, args.undesirable_weight
+                ).mean()
+                metrics["accuracy"] = ((log_ratio.detach() > z0) == correct).float()
+                metrics["kl"] = z0.reshape(1)
+            self._log_metrics(mode, metrics)
         else:
             n = log_ratio.shape[0] // 2
-            loss = implicit_prm_dpo_loss(log_ratio[:n], log_ratio[n:], self.args.beta).mean()
+            loss = PAIRWISE_LOSSES[args.loss_type](log_ratio[:n], log_ratio[n:], args.beta).mean()
             self._log_metrics(
                 mode,
                 {

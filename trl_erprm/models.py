@@ -12,17 +12,34 @@ backend, the quickstart) goes through [`load_model`] / [`load_tokenizer`], so th
   than one `/`) and does not exist raises `FileNotFoundError("folder not found: <path>")` instead of the Hub's message
   about an invalid repository id.
 - A folder holding a PEFT adapter (`adapter_config.json`) loads as a `PeftModel` on top of its base model.
+
+A PRM saved by a trl-erprm trainer also holds `prm_config.json` ([`save_prm_config`] / [`load_prm_config`]): how it
+reads steps (its head, step separator and, for an LM head, the step tag and the candidate tokens), so that the scorers
+load it with no extra flag.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import torch
 
 
-__all__ = ["DTYPES", "MODEL_TASKS", "check_model_path", "load_config", "load_model", "load_tokenizer", "resolve_dtype"]
+__all__ = [
+    "DTYPES",
+    "MODEL_TASKS",
+    "PRM_CONFIG_NAME",
+    "PRM_HEADS",
+    "check_model_path",
+    "load_config",
+    "load_model",
+    "load_prm_config",
+    "load_tokenizer",
+    "resolve_dtype",
+    "save_prm_config",
+]
 
 #: Dtype names accepted everywhere a dtype is given as text (command lines, configs).
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -181,3 +198,95 @@ def load_config(name_or_path: str | os.PathLike, trust_remote_code: bool = False
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(check_model_path(name_or_path), trust_remote_code=trust_remote_code)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# How a saved PRM reads steps: prm_config.json
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: File, next to the weights, that records how a PRM reads steps ([`save_prm_config`]).
+PRM_CONFIG_NAME = "prm_config.json"
+
+#: The fields of `prm_config.json` each PRM head needs (the trainer writes more: `max_length`, `trainer`).
+PRM_HEADS = {
+    "token_classification": ("step_separator",),
+    "lm": ("step_separator", "step_tag", "good_token", "bad_token", "prompt_separator"),
+}
+
+
+def _check_prm_config(config: dict, where: str) -> dict:
+    head = config.get("head")
+    if head not in PRM_HEADS:
+        raise ValueError(f"{where}: 'head' is {head!r}; it must be one of {sorted(PRM_HEADS)}.")
+    missing = [key for key in PRM_HEADS[head] if not isinstance(config.get(key), str)]
+    if missing:
+        raise ValueError(f"{where}: a PRM with head={head!r} needs the string field(s) {missing}.")
+    return config
+
+
+def save_prm_config(folder: str | os.PathLike, config: dict) -> str:
+    """Write `prm_config.json` into a saved PRM's folder: how the PRM reads steps.
+
+    Args:
+        folder (`str` or `os.PathLike`):
+            The folder the model was saved to.
+        config (`dict`):
+            `head` (one of [`PRM_HEADS`]: `"token_classification"` or `"lm"`), `step_separator` and, for `"lm"`,
+            `step_tag`, `good_token`, `bad_token` and `prompt_separator`; other JSON fields (`max_length`, `trainer`)
+            are kept as information.
+
+    Returns:
+        `str`: The path of the file.
+
+    Raises:
+        `ValueError`: For an unknown head or a missing field.
+    """
+    path = os.path.join(folder, PRM_CONFIG_NAME)
+    _check_prm_config(config, path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_prm_config(name_or_path: str | os.PathLike, revision: str | None = None) -> dict | None:
+    """Read `prm_config.json` from a PRM's folder or Hub repository.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`):
+            A local folder or a Hub id.
+        revision (`str`, *optional*):
+            Hub revision.
+
+    Returns:
+        `dict` or `None`: The recorded fields, or `None` when the PRM has no such file (a PRM trained elsewhere).
+
+    Raises:
+        `ValueError`: For a file that is not a valid PRM config (not JSON, unknown head, missing field).
+    """
+    path = check_model_path(name_or_path)
+    if os.path.isdir(path):
+        file = os.path.join(path, PRM_CONFIG_NAME)
+        if not os.path.isfile(file):
+            return None
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            file = hf_hub_download(path, PRM_CONFIG_NAME, revision=revision)
+        except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError):
+            return None
+    try:
+        with open(file, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{file} is not valid JSON ({error}); delete it or write it again with save_prm_config."
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} must hold a JSON object, got {type(config).__name__}.")
+    return _check_prm_config(config, file)

@@ -25,6 +25,7 @@ __all__ = [
     "DataCollatorForImplicitPRM",
     "build_dpo_pairs",
     "completion_text",
+    "mismatched_rows",
     "encode_prompt",
     "prepare_outcome_dataset",
     "truncate_to_max_length",
@@ -243,6 +244,36 @@ def build_dpo_pairs(
     return pairs
 
 
+def mismatched_rows(prompt_keys: Sequence[str]) -> list[int]:
+    """For each row, the next row (in dataset order, wrapping around) whose prompt is different.
+
+    KTO estimates its reference point `z_0 = KL(pi_theta || pi_ref)` from completions paired with prompts they do not
+    answer (Ethayarajh et al. 2024); row `i` is paired with the completion of row `mismatched_rows(keys)[i]`.
+
+    Args:
+        prompt_keys (sequence of `str`):
+            One key per row identifying its prompt.
+
+    Returns:
+        `list[int]`: One row index per row, always with another prompt.
+
+    Raises:
+        `ValueError`: If every row has the same prompt (no mismatched pair exists).
+    """
+    n = len(prompt_keys)
+    if n == 0 or all(key == prompt_keys[0] for key in prompt_keys):
+        raise ValueError(
+            "loss_type='kto' estimates its reference point from completions paired with OTHER prompts, but the "
+            "dataset has a single prompt. Add rows of other prompts."
+        )
+    # next_other[i]: first j > i (over the doubled list) with another prompt; a run of equal keys shares it.
+    next_other = [0] * (2 * n)
+    next_other[2 * n - 1] = 2 * n
+    for i in range(2 * n - 2, -1, -1):
+        next_other[i] = i + 1 if prompt_keys[(i + 1) % n] != prompt_keys[i % n] else next_other[i + 1]
+    return [next_other[i] % n for i in range(n)]
+
+
 def _prompt_key(prompt: str | list[dict]) -> str:
     return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
 
@@ -270,7 +301,7 @@ def _tokenize_rows(dataset: Dataset, tokenizer, max_length: int | None, num_proc
 def prepare_outcome_dataset(
     dataset: Dataset, tokenizer: PreTrainedTokenizerBase, args: Any, name: str = "train"
 ) -> Dataset:
-    """Validate and tokenize an outcome-labelled dataset; for `loss_type="dpo"`, also form the pairs.
+    """Validate and tokenize an outcome-labelled dataset; form the pairs of pairwise losses (`"dpo"`, `"nca"`).
 
     Args:
         dataset ([`~datasets.Dataset`]):
@@ -278,13 +309,15 @@ def prepare_outcome_dataset(
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
             The model's tokenizer.
         args ([`~trl_erprm.ImplicitPRMConfig`] or any config with the same fields):
-            Uses `loss_type`, `max_length`, `max_pairs_per_prompt`, `dataset_num_proc`.
+            Uses `loss_type` (`"ce"`, `"dpo"`, `"kto"`, `"nca"`), `max_length`, `max_pairs_per_prompt`,
+            `dataset_num_proc`.
         name (`str`, *optional*, defaults to `"train"`):
             Name of the split, quoted in errors and warnings.
 
     Returns:
-        [`~datasets.Dataset`]: Columns `prompt_ids`, `completion_ids`, `label` ("ce") or `prompt_ids`, `chosen_ids`,
-        `rejected_ids` ("dpo").
+        [`~datasets.Dataset`]: Columns `prompt_ids`, `completion_ids`, `label` ("ce"); the same plus
+        `kl_completion_ids`, the completion of another prompt ([`mismatched_rows`]) for KTO's reference point ("kto");
+        or `prompt_ids`, `chosen_ids`, `rejected_ids` ("dpo", "nca").
     """
     if isinstance(dataset, IterableDataset) or not isinstance(dataset, Dataset):
         raise TypeError(f"The {name} dataset must be a datasets.Dataset (map-style), got {type(dataset).__name__}.")
@@ -292,11 +325,18 @@ def prepare_outcome_dataset(
     tokenized = _tokenize_rows(dataset, tokenizer, args.max_length, args.dataset_num_proc, name)
     if args.loss_type == "ce":
         return tokenized.add_column("label", labels)
-    pairs = build_dpo_pairs([_prompt_key(p) for p in dataset["prompt"]], labels, args.max_pairs_per_prompt)
+    keys = [_prompt_key(p) for p in dataset["prompt"]]
+    if args.loss_type == "kto":
+        prompt_ids, completion_ids = tokenized["prompt_ids"], tokenized["completion_ids"]
+        room = [None if args.max_length is None else max(1, args.max_length - len(p)) for p in prompt_ids]
+        kl_ids = [completion_ids[j][: room[i]] for i, j in enumerate(mismatched_rows(keys))]
+        return tokenized.add_column("label", labels).add_column("kl_completion_ids", kl_ids)
+    pairs = build_dpo_pairs(keys, labels, args.max_pairs_per_prompt)
     if not pairs:
         raise ValueError(
             f"The {name} dataset has no prompt with both a correct (label 1) and an incorrect (label 0) completion, so "
-            "loss_type='dpo' has no pair to train on. Add such completions or use loss_type='ce'."
+            f"loss_type={args.loss_type!r} has no pair to train on. Add such completions or use loss_type='ce' or "
+            "'kto'."
         )
     prompt_ids, completion_ids = tokenized["prompt_ids"], tokenized["completion_ids"]
     return Dataset.from_dict(
@@ -311,7 +351,8 @@ def prepare_outcome_dataset(
 class DataCollatorForImplicitPRM:
     """Pad tokenized rows into the GRPO layout: left-padded prompt, then right-padded completion.
 
-    DPO pairs are flattened to `2P` rows: the `P` chosen completions, then the `P` rejected ones.
+    DPO / NCA pairs are flattened to `2P` rows: the `P` chosen completions, then the `P` rejected ones. KTO rows also
+    give the mismatched rows of KTO's reference point under `kl_`-prefixed keys.
 
     Args:
         pad_token_id (`int`):
@@ -319,11 +360,26 @@ class DataCollatorForImplicitPRM:
 
     Returns (when called on a list of rows):
         `dict[str, torch.Tensor]`: `input_ids` and `attention_mask` `(B, L)`, `completion_mask` `(B, T)`,
-        `outcome_labels` `(B,)` for CE rows, and `ref_logps` `(B, T)` when the rows carry precomputed ones.
+        `outcome_labels` `(B,)` for CE / KTO rows, `ref_logps` `(B, T)` when the rows carry precomputed ones, and for
+        KTO rows `kl_input_ids`, `kl_attention_mask`, `kl_completion_mask` (and `kl_ref_logps`).
     """
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
+
+    def _pad(self, prompts: list, completions: list, refs: list | None, prefix: str = "") -> dict[str, torch.Tensor]:
+        prompt_ids = pad([torch.tensor(p, dtype=torch.long) for p in prompts], self.pad_token_id, "left")
+        prompt_mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompts], 0, "left")
+        completion_ids = pad([torch.tensor(c, dtype=torch.long) for c in completions], self.pad_token_id)
+        completion_mask = pad([torch.ones(len(c), dtype=torch.long) for c in completions], 0)
+        batch = {
+            f"{prefix}input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
+            f"{prefix}attention_mask": torch.cat([prompt_mask, completion_mask], dim=1),
+            f"{prefix}completion_mask": completion_mask,
+        }
+        if refs is not None:
+            batch[f"{prefix}ref_logps"] = pad([torch.tensor(x, dtype=torch.float32) for x in refs], 0.0)
+        return batch
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if "chosen_ids" in rows[0]:
@@ -336,17 +392,10 @@ class DataCollatorForImplicitPRM:
             prompts = [r["prompt_ids"] for r in rows]
             completions = [r["completion_ids"] for r in rows]
             refs = [r["ref_logps"] for r in rows] if "ref_logps" in rows[0] else None
-        prompt_ids = pad([torch.tensor(p, dtype=torch.long) for p in prompts], self.pad_token_id, "left")
-        prompt_mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompts], 0, "left")
-        completion_ids = pad([torch.tensor(c, dtype=torch.long) for c in completions], self.pad_token_id)
-        completion_mask = pad([torch.ones(len(c), dtype=torch.long) for c in completions], 0)
-        batch = {
-            "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
-            "attention_mask": torch.cat([prompt_mask, completion_mask], dim=1),
-            "completion_mask": completion_mask,
-        }
+        batch = self._pad(prompts, completions, refs)
         if "label" in rows[0]:
             batch["outcome_labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.float32)
-        if refs is not None:
-            batch["ref_logps"] = pad([torch.tensor(x, dtype=torch.float32) for x in refs], 0.0)
+        if "kl_completion_ids" in rows[0]:
+            kl_refs = [r["kl_ref_logps"] for r in rows] if "kl_ref_logps" in rows[0] else None
+            batch.update(self._pad(prompts, [r["kl_completion_ids"] for r in rows], kl_refs, prefix="kl_"))
         return batch

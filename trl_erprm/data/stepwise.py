@@ -10,6 +10,8 @@ labels as floats and can compute them at batch time from the outcomes. Used by [
 from __future__ import annotations
 
 import math
+import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
@@ -24,8 +26,15 @@ from ..functional import er_label, resolve_eta
 from ..steps import StepFormat
 
 
+#: Column of the labeler's output that says whether a row was labelled (`"ok"`) or why not.
+STATUS_COLUMN = "status"
+
 __all__ = [
+    "STATUS_COLUMN",
     "ERPRMDataCollator",
+    "check_hard_labels",
+    "check_labelled_rows",
+    "drop_failed_rows",
     "map_stepwise_dataset",
     "tokenize_stepwise_row",
     "tokenize_train_and_eval",
@@ -207,8 +216,10 @@ def validate_stepwise_dataset(
     the fix.
 
     A valid row has a non-empty string `prompt`, a non-empty list of non-blank string steps in `completions`, and
-    `labels` (one real number in [0, 1] per step) and/or `outcomes_column` (one non-empty list of finite rewards per
-    step). A prompt or step made only of whitespace and the separator is rejected.
+    `labels` (one real number in [0, 1] per step) and/or `outcomes_column` (one non-empty list of rewards in [0, 1]
+    per step: the labels computed from them then lie in [0, 1] too). A prompt or step made only of whitespace and the
+    separator is rejected, and so is a row whose `status` (a labeler column) is not `"ok"` (see
+    [`drop_failed_rows`]).
 
     Args:
         dataset ([`~datasets.Dataset`]):
@@ -233,11 +244,22 @@ def validate_stepwise_dataset(
             f"The {name} dataset has neither a 'labels' nor a '{outcomes_column}' column: give one label in [0, 1] per "
             "step, or the rollout outcomes of each step (see ERPRMLabeler)."
         )
+    has_status = STATUS_COLUMN in columns
     wanted = (
-        ["prompt", "completions"] + (["labels"] if has_labels else []) + ([outcomes_column] if has_outcomes else [])
+        ["prompt", "completions"]
+        + (["labels"] if has_labels else [])
+        + ([outcomes_column] if has_outcomes else [])
+        + ([STATUS_COLUMN] if has_status else [])
     )
     for i, row in enumerate(dataset.select_columns(wanted)):
         where = f"{name} dataset row {i}"
+        if has_status and row[STATUS_COLUMN] != "ok":
+            raise ValueError(
+                f"{where}: field '{STATUS_COLUMN}' is {row[STATUS_COLUMN]!r}, not 'ok': the labeler could not label this "
+                "row, so it has no labels. Keep the labelled rows with `dataset.filter(lambda row: row['status'] == "
+                "'ok')`, or drop the others in the trainer with `ERPRMConfig(skip_failed_rows=True)` "
+                "(`--skip_failed_rows` in examples/erprm_train.py)."
+            )
         prompt, steps = row["prompt"], row["completions"]
         if not isinstance(prompt, str):
             raise ValueError(f"{where}: field 'prompt' must be a string, got {type(prompt).__name__}.")
@@ -287,6 +309,101 @@ def validate_stepwise_dataset(
                         f"{where}: field '{outcomes_column}' step {k} holds a non-finite or non-numeric reward "
                         f"{rewards!r:.80}; grade every rollout to a real number."
                     )
+                if any(not 0.0 <= float(r) <= 1.0 for r in rewards):
+                    raise ValueError(
+                        f"{where}: field '{outcomes_column}' step {k} holds a reward outside [0, 1] ({rewards!r:.80}); "
+                        "the labels computed from it would leave [0, 1] like an invalid 'labels' entry. Grade rollouts "
+                        "1 (correct) / 0 (incorrect), e.g. map -1/+1 rewards with (r + 1) / 2."
+                    )
+
+
+def drop_failed_rows(dataset: Dataset, name: str = "train") -> Dataset:
+    """Drop the rows the labeler could not label: those whose `status` column is not `"ok"`, with a warning.
+
+    Args:
+        dataset ([`~datasets.Dataset`]):
+            Rows written by [`~trl_erprm.ERPRMLabeler`] (a dataset without a `status` column is returned unchanged).
+        name (`str`, *optional*, defaults to `"train"`):
+            Name of the dataset in the warning.
+
+    Returns:
+        [`~datasets.Dataset`]: The rows whose status is `"ok"`.
+
+    Raises:
+        `ValueError`: If no row is left.
+    """
+    if STATUS_COLUMN not in dataset.column_names:
+        return dataset
+    statuses = dataset[STATUS_COLUMN]
+    keep = [i for i, status in enumerate(statuses) if status == "ok"]
+    if len(keep) == len(statuses):
+        return dataset
+    dropped = Counter(status for status in statuses if status != "ok")
+    if not keep:
+        raise ValueError(f"Every row of the {name} dataset has a status other than 'ok' ({dict(dropped)}): no label.")
+    warnings.warn(
+        f"Dropped {len(statuses) - len(keep)} of {len(statuses)} rows of the {name} dataset whose status is not 'ok' "
+        f"(skip_failed_rows=True): {dict(dropped)}.",
+        stacklevel=2,
+    )
+    return dataset.select(keep)
+
+
+def check_labelled_rows(dataset: Dataset, name: str, max_length: int | None, require_labels: bool = True) -> None:
+    """After tokenization: warn about the rows that keep no labelled token, and fail when none keeps one.
+
+    A row keeps no label when truncation to `max_length` cut every labelled step (typically a prompt longer than
+    `max_length`): it trains nothing, and a run where every row is like that would report loss 0 and "succeed".
+
+    Args:
+        dataset ([`~datasets.Dataset`]):
+            Tokenized rows with `labels` (`-100` where unlabelled).
+        name (`str`):
+            Name of the dataset in messages.
+        max_length (`int` or `None`):
+            The truncation length, quoted in messages.
+        require_labels (`bool`, *optional*, defaults to `True`):
+            Raise when no row keeps a label (training sets); otherwise only warn.
+
+    Raises:
+        `ValueError`: When `require_labels` and no row keeps a labelled token.
+    """
+    empty = sum(1 for labels in dataset["labels"] if all(label == -100 for label in labels))
+    if not empty:
+        return
+    message = (
+        f"{empty} of {len(dataset)} rows of the {name} dataset keep no labelled step after truncation to "
+        f"max_length={max_length} tokens (their prompt alone, or prompt and first steps, fill it)"
+    )
+    if empty == len(dataset) and require_labels:
+        raise ValueError(f"{message}: there is nothing to train on. Raise max_length or shorten the prompts.")
+    warnings.warn(f"{message}; they are ignored. Raise max_length to keep them.", stacklevel=2)
+
+
+def check_hard_labels(dataset: Dataset, name: str = "train") -> None:
+    """Check that every step label can become an integer as TRL's PRMTrainer makes it (`int(label)`).
+
+    TRL accepts any number or bool there; a `None` or NaN label crashes deep inside `datasets.map` with "cannot convert
+    float NaN to integer". This check names the row and the step instead.
+
+    Args:
+        dataset ([`~datasets.Dataset`]):
+            Stepwise rows with `labels`.
+        name (`str`, *optional*, defaults to `"train"`):
+            Name of the dataset in messages.
+
+    Raises:
+        `ValueError`: For a label that is `None`, NaN, infinite or not a number.
+    """
+    if "labels" not in dataset.column_names:
+        return
+    for i, labels in enumerate(dataset["labels"]):
+        for k, label in enumerate(labels or []):
+            if not _is_real(label) or not math.isfinite(float(label)):
+                raise ValueError(
+                    f"{name} dataset row {i}: field 'labels' step {k} is {label!r}; PRMTrainer needs a 0/1 label per "
+                    "step (bool or int). Fix or drop the row."
+                )
 
 
 def _er_labels_for_rows(outcomes_per_row: Sequence[Sequence[Sequence[float]]], eta: float) -> list[list[float]]:
@@ -313,7 +430,8 @@ class ERPRMDataCollator:
 
     Labels stay floats (padding `-100`), so soft labels reach the loss unchanged. When `eta` is set, the labels of
     every row are recomputed as `er_label(step_outcomes, eta)` from its stored rollout outcomes: the same rollouts
-    can then be trained with soft (`eta=0`), hard (`eta=inf`) or any ER label without new rollouts.
+    can then be trained with soft (`eta=0`), hard (`eta=inf`) or any ER label without new rollouts. Rows without
+    outcomes keep their tokenized labels, so a model trained on rollout outcomes can be evaluated on human labels.
 
     Args:
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
@@ -353,14 +471,11 @@ class ERPRMDataCollator:
             `(batch, seq_len)` float32 with `-100` where unlabelled.
         """
         labels = [list(map(float, f["labels"])) for f in features]
-        if self.eta is not None:
-            if any(self.outcomes_column not in f for f in features):
-                raise ValueError(
-                    f"ERPRMDataCollator(eta={self.eta}) needs the '{self.outcomes_column}' feature in every row; keep "
-                    "that column in the dataset (and `remove_unused_columns` cannot drop it under ERPRMTrainer)."
-                )
-            new = _er_labels_for_rows([f[self.outcomes_column] for f in features], self.eta)
-            for i, (row_labels, row_new) in enumerate(zip(labels, new)):
+        with_outcomes = [i for i, f in enumerate(features) if f.get(self.outcomes_column) is not None]
+        if self.eta is not None and with_outcomes:
+            new = _er_labels_for_rows([features[i][self.outcomes_column] for i in with_outcomes], self.eta)
+            for i, row_new in zip(with_outcomes, new):
+                row_labels = labels[i]
                 positions = [t for t, v in enumerate(row_labels) if v != -100]
                 if len(positions) != len(row_new):
                     raise ValueError(

@@ -104,16 +104,18 @@ class BestOfNArguments:
             The PRM. Required unless `scores_column` is set.
         prm_type (`str`, *optional*, defaults to `"auto"`):
             `"auto"`, `"token_classification"`, `"lm_head"` or `"implicit"`.
-        prm_step_separator (`str`, *optional*, defaults to `"\\n"`):
+        prm_step_separator (`str`, *optional*):
             The text that ends a step for the PRM ([`~trl_erprm.steps.StepFormat`]), as it was trained: appended to
             every step (token classification), after every tag (LM head), joining the steps (implicit). The steps
-            themselves come from `split_method` and stay the same steps for every PRM type.
-        step_tag (`str`, *optional*, defaults to `" ки"`):
-            LM-head PRMs: the step tag (mind `" ки"` vs `"ки"`).
-        good_token (`str`, *optional*, defaults to `"+"`):
-            LM-head PRMs: the "good step" token.
-        bad_token (`str`, *optional*, defaults to `"-"`):
-            LM-head PRMs: the "bad step" token.
+            themselves come from `split_method` and stay the same steps for every PRM type. Default: the one recorded
+            in the PRM's `prm_config.json` (trl-erprm trainers write it), else `"\\n"`.
+        step_tag (`str`, *optional*):
+            LM-head PRMs: the step tag (default: the one in the PRM's `prm_config.json`, else `" ки"`; mind `" ки"` vs
+            `"ки"`).
+        good_token (`str`, *optional*):
+            LM-head PRMs (default: recorded in `prm_config.json`, else `"+"`): the "good step" token.
+        bad_token (`str`, *optional*):
+            LM-head PRMs (default: recorded in `prm_config.json`, else `"-"`): the "bad step" token.
         ref_model (`str`, *optional*):
             Implicit PRMs: the reference model, or `"adapter"` for a PEFT PRM with its adapter disabled; `None` is
             reference-free.
@@ -173,10 +175,18 @@ class BestOfNArguments:
     split_method: str = field(default="double_newline", metadata={"help": "How candidate texts become steps."})
     prm_model: str | None = field(default=None, metadata={"help": "The PRM (folder or Hub id)."})
     prm_type: str = field(default="auto", metadata={"help": "auto, token_classification, lm_head or implicit."})
-    prm_step_separator: str = field(default="\n", metadata={"help": "Separator the PRM was trained with."})
-    step_tag: str = field(default=" ки", metadata={"help": "LM-head PRMs: the step tag."})
-    good_token: str = field(default="+", metadata={"help": "LM-head PRMs: the good-step token."})
-    bad_token: str = field(default="-", metadata={"help": "LM-head PRMs: the bad-step token."})
+    prm_step_separator: str | None = field(
+        default=None, metadata={"help": "Separator the PRM was trained with (default: its prm_config.json, else \\n)."}
+    )
+    step_tag: str | None = field(
+        default=None, metadata={"help": "LM-head PRMs: the step tag (default: recorded, ' ки')."}
+    )
+    good_token: str | None = field(
+        default=None, metadata={"help": "LM-head PRMs: the good-step token (default: recorded, +)."}
+    )
+    bad_token: str | None = field(
+        default=None, metadata={"help": "LM-head PRMs: the bad-step token (default: recorded, -)."}
+    )
     ref_model: str | None = field(default=None, metadata={"help": "Implicit PRMs: the reference model."})
     beta: float = field(default=0.05, metadata={"help": "Implicit PRMs: the reward scale."})
     implicit_value: str = field(default="q", metadata={"help": "Implicit PRMs: 'q' or 'step_reward'."})

@@ -28,9 +28,10 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..data.lm_head import lm_head_candidate_ids, tokenize_lm_head_row
 from ..data.stepwise import tokenize_stepwise_row
 from ..functional import two_token_step_scores
-from ..steps import StepFormat, locate_chars
+from ..steps import StepFormat
 
 
 logger = logging.getLogger(__name__)
@@ -194,8 +195,7 @@ class LMHeadScorer:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.step_tag = step_tag
-        self.good_token_id = self._single_token(good_token, "good_token")
-        self.bad_token_id = self._single_token(bad_token, "bad_token")
+        self.good_token_id, self.bad_token_id = lm_head_candidate_ids(tokenizer, good_token, bad_token)
         self.tag_token_id = tokenizer.encode(step_tag, add_special_tokens=False)[-1]
         self.prompt_separator = prompt_separator
         self.step_separator = step_separator
@@ -203,12 +203,6 @@ class LMHeadScorer:
         self.batch_size = batch_size
         self.max_length = max_length
         self.tag_mismatches = 0
-
-    def _single_token(self, text: str, name: str) -> int:
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(f"{name}={text!r} is {len(ids)} tokens for this tokenizer; pass a single-token string.")
-        return ids[0]
 
     def layout(self, prompt: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
         """Token ids of one solution and the position of each scored step's tag.
@@ -223,14 +217,11 @@ class LMHeadScorer:
             `tuple[list[int], list[int]]`: The input ids and, per scored step in order, the (last) token holding the
             last character of its tag.
         """
-        head = prompt + self.prompt_separator
-        body, tag_ends = self.step_format.join_with_ends(steps)
-        encoded = self.tokenizer(head + body, return_offsets_mapping=True)
-        ids = encoded["input_ids"]
-        positions = locate_chars(encoded["offset_mapping"], [len(head) + char for char in tag_ends])
-        if self.max_length is not None:
-            ids = ids[: self.max_length]
-            positions = [p for p in positions if p < self.max_length]
+        features = {"prompt": prompt, "completions": list(steps), "labels": [1.0] * len(steps)}
+        ids, labels, _ = tokenize_lm_head_row(
+            features, self.tokenizer, self.step_format, self.prompt_separator, self.max_length
+        )
+        positions = [t for t, label in enumerate(labels) if label != -100]
         mismatched = sum(ids[p] != self.tag_token_id for p in positions)
         if mismatched and not self.tag_mismatches:
             logger.warning(
@@ -316,13 +307,26 @@ class ImplicitPRMScorer:
         return out
 
 
+#: Values used when neither the caller nor the PRM's `prm_config.json` gives them (Math-Shepherd's LM-head convention).
+SCORER_DEFAULTS = {
+    "step_separator": "\n",
+    "step_tag": " ки",
+    "good_token": "+",
+    "bad_token": "-",
+    "prompt_separator": " ",
+}
+
+#: `prm_type` of each head recorded in `prm_config.json`.
+_TYPE_OF_HEAD = {"token_classification": "token_classification", "lm": "lm_head"}
+
+
 def load_scorer(
     model_name_or_path: str,
     prm_type: str = "auto",
-    step_separator: str = "\n",
-    step_tag: str = " ки",
-    good_token: str = "+",
-    bad_token: str = "-",
+    step_separator: str | None = None,
+    step_tag: str | None = None,
+    good_token: str | None = None,
+    bad_token: str | None = None,
     ref_model: str | None = None,
     beta: float = 0.05,
     implicit_value: str = "q",
@@ -330,25 +334,33 @@ def load_scorer(
     max_length: int | None = None,
     dtype: str = "float32",
     trust_remote_code: bool = False,
+    prompt_separator: str | None = None,
 ):
     """Load a PRM from a folder or Hub id and wrap it in the matching scorer.
+
+    A PRM saved by a trl-erprm trainer records how it reads steps in `prm_config.json`
+    ([`~trl_erprm.models.load_prm_config`]): its head, step separator and, for an LM head, its step tag, candidate tokens
+    and prompt separator. They are used for every argument left at `None`, so `load_scorer(folder)` needs no flag;
+    an argument given explicitly always wins. Without the file, `"auto"` reads the architecture and the defaults of
+    [`SCORER_DEFAULTS`] apply (Math-Shepherd's convention).
 
     Args:
         model_name_or_path (`str`):
             The PRM (safetensors weights only).
         prm_type (`str`, *optional*, defaults to `"auto"`):
-            One of [`PRM_TYPES`]. `"auto"` picks `"token_classification"` when the config's architecture is a
-            `...ForTokenClassification`, else `"lm_head"`; `"implicit"` must be asked for.
-        step_separator (`str`, *optional*, defaults to `"\\n"`):
+            One of [`PRM_TYPES`]. `"auto"` takes the head recorded in `prm_config.json`, else picks
+            `"token_classification"` when the config's architecture is a `...ForTokenClassification`, else
+            `"lm_head"`; `"implicit"` must be asked for.
+        step_separator (`str`, *optional*):
             The text that ends a step ([`~trl_erprm.steps.StepFormat`]), as the PRM was trained with: appended to
             every step (token classification), written after every tag (LM head), or where a completion is cut into
-            steps (implicit).
-        step_tag (`str`, *optional*, defaults to `" ки"`):
-            LM head only: the step tag.
-        good_token (`str`, *optional*, defaults to `"+"`):
-            LM head only: the "good" candidate token.
-        bad_token (`str`, *optional*, defaults to `"-"`):
-            LM head only: the "bad" candidate token.
+            steps (implicit). `None`: the recorded one, else `"\\n"`.
+        step_tag (`str`, *optional*):
+            LM head only: the step tag. `None`: the recorded one, else `" ки"`.
+        good_token (`str`, *optional*):
+            LM head only: the "good" candidate token. `None`: the recorded one, else `"+"`.
+        bad_token (`str`, *optional*):
+            LM head only: the "bad" candidate token. `None`: the recorded one, else `"-"`.
         ref_model (`str`, *optional*):
             Implicit only: the reference model (`None`: reference-free).
         beta (`float`, *optional*, defaults to `0.05`):
@@ -364,16 +376,38 @@ def load_scorer(
             [`~trl_erprm.models.resolve_dtype`]).
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Whether to run model code from the Hub.
+        prompt_separator (`str`, *optional*):
+            LM head only: the text between the prompt and the first step. `None`: the recorded one, else `" "`.
 
     Returns:
         A scorer with `score(prompts, steps)`.
     """
-    from ..models import load_config, load_model, load_tokenizer
+    from ..models import load_config, load_model, load_prm_config, load_tokenizer
 
     if prm_type not in PRM_TYPES:
         raise ValueError(f"prm_type must be one of {PRM_TYPES}, got {prm_type!r}.")
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    given = {
+        "step_separator": step_separator,
+        "step_tag": step_tag,
+        "good_token": good_token,
+        "bad_token": bad_token,
+        "prompt_separator": prompt_separator,
+    }
+    recorded = load_prm_config(model_name_or_path) if prm_type != "implicit" else None
+    if prm_type == "auto":
+        if recorded is not None:
+            prm_type = _TYPE_OF_HEAD[recorded["head"]]
+        else:
+            config = load_config(model_name_or_path, trust_remote_code=trust_remote_code)
+            architectures = getattr(config, "architectures", None) or []
+            is_token_cls = any(a.endswith("ForTokenClassification") for a in architectures)
+            prm_type = "token_classification" if is_token_cls else "lm_head"
+    if recorded is not None and _TYPE_OF_HEAD[recorded["head"]] == prm_type:
+        logger.info("%s: step format read from its prm_config.json (%s).", model_name_or_path, recorded)
+        given = {key: recorded.get(key) if value is None else value for key, value in given.items()}
+    fmt = {key: SCORER_DEFAULTS[key] if value is None else value for key, value in given.items()}
     if prm_type == "implicit":
         from ..implicit_prm import ImplicitPRM
 
@@ -381,29 +415,25 @@ def load_scorer(
             model_name_or_path,
             ref_model=ref_model,
             beta=beta,
-            step_separator=step_separator,
+            step_separator=fmt["step_separator"],
             batch_size=batch_size,
             max_length=max_length,
             model_init_kwargs=kwargs,
         )
         return ImplicitPRMScorer(prm, value=implicit_value)
-    if prm_type == "auto":
-        config = load_config(model_name_or_path, trust_remote_code=trust_remote_code)
-        architectures = getattr(config, "architectures", None) or []
-        is_token_cls = any(a.endswith("ForTokenClassification") for a in architectures)
-        prm_type = "token_classification" if is_token_cls else "lm_head"
     tokenizer = load_tokenizer(model_name_or_path, trust_remote_code=trust_remote_code)
     if prm_type == "token_classification":
         model = load_model(model_name_or_path, "token_classification", **kwargs).to(device)
-        return TokenClassificationScorer(model, tokenizer, step_separator, batch_size, max_length)
+        return TokenClassificationScorer(model, tokenizer, fmt["step_separator"], batch_size, max_length)
     model = load_model(model_name_or_path, "causal_lm", **kwargs).to(device)
     return LMHeadScorer(
         model,
         tokenizer,
-        step_tag=step_tag,
-        good_token=good_token,
-        bad_token=bad_token,
-        step_separator=step_separator,
+        step_tag=fmt["step_tag"],
+        good_token=fmt["good_token"],
+        bad_token=fmt["bad_token"],
+        prompt_separator=fmt["prompt_separator"],
+        step_separator=fmt["step_separator"],
         batch_size=batch_size,
         max_length=max_length,
     )

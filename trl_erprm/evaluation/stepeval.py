@@ -83,14 +83,15 @@ class StepEvalArguments:
             The PRM. Required unless `scores_column` is set.
         prm_type (`str`, *optional*, defaults to `"auto"`):
             `"auto"`, `"token_classification"`, `"lm_head"` or `"implicit"`.
-        prm_step_separator (`str`, *optional*, defaults to `"\\n"`):
-            Separator the PRM was trained with (see `BestOfNArguments`).
-        step_tag (`str`, *optional*, defaults to `" ки"`):
-            LM-head PRMs: the step tag.
-        good_token (`str`, *optional*, defaults to `"+"`):
-            LM-head PRMs: the good-step token.
-        bad_token (`str`, *optional*, defaults to `"-"`):
-            LM-head PRMs: the bad-step token.
+        prm_step_separator (`str`, *optional*):
+            Separator the PRM was trained with (see `BestOfNArguments`). Default: the one recorded in the PRM's
+            `prm_config.json` (trl-erprm trainers write it), else `"\\n"`.
+        step_tag (`str`, *optional*):
+            LM-head PRMs: the step tag (default: the one in the PRM's `prm_config.json`, else `" ки"`).
+        good_token (`str`, *optional*):
+            LM-head PRMs (default: recorded in `prm_config.json`, else `"+"`): the good-step token.
+        bad_token (`str`, *optional*):
+            LM-head PRMs (default: recorded in `prm_config.json`, else `"-"`): the bad-step token.
         ref_model (`str`, *optional*):
             Implicit PRMs: the reference model (`"adapter"` for a PEFT PRM's disabled adapter); `None` reference-free.
         beta (`float`, *optional*, defaults to `0.05`):
@@ -133,10 +134,18 @@ class StepEvalArguments:
     scores_column: str | None = field(default=None, metadata={"help": "Column of precomputed step scores."})
     prm_model: str | None = field(default=None, metadata={"help": "The PRM (folder or Hub id)."})
     prm_type: str = field(default="auto", metadata={"help": "auto, token_classification, lm_head or implicit."})
-    prm_step_separator: str = field(default="\n", metadata={"help": "Separator the PRM was trained with."})
-    step_tag: str = field(default=" ки", metadata={"help": "LM-head PRMs: the step tag."})
-    good_token: str = field(default="+", metadata={"help": "LM-head PRMs: the good-step token."})
-    bad_token: str = field(default="-", metadata={"help": "LM-head PRMs: the bad-step token."})
+    prm_step_separator: str | None = field(
+        default=None, metadata={"help": "Separator the PRM was trained with (default: its prm_config.json, else \\n)."}
+    )
+    step_tag: str | None = field(
+        default=None, metadata={"help": "LM-head PRMs: the step tag (default: recorded, ' ки')."}
+    )
+    good_token: str | None = field(
+        default=None, metadata={"help": "LM-head PRMs: the good-step token (default: recorded, +)."}
+    )
+    bad_token: str | None = field(
+        default=None, metadata={"help": "LM-head PRMs: the bad-step token (default: recorded, -)."}
+    )
     ref_model: str | None = field(default=None, metadata={"help": "Implicit PRMs: the reference model."})
     beta: float = field(default=0.05, metadata={"help": "Implicit PRMs: the reward scale."})
     implicit_value: str = field(default="q", metadata={"help": "Implicit PRMs: 'q' or 'step_reward'."})

@@ -22,6 +22,8 @@ import torch
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..model_card import is_hub_id, model_source, shown_name
+
 
 __all__ = ["PRM_CHECKPOINT_FOLDER", "PRM_OPTIMIZER_NAME", "PRM_STATE_NAME", "check_prime_checkpoint", "prm_model_card"]
 
@@ -46,8 +48,6 @@ IMPLICIT_PRM_CITATION = textwrap.dedent("""\
         year         = 2024,
         journal      = {arXiv preprint arXiv:2412.01981},
     }""")
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -184,25 +184,6 @@ def check_prime_checkpoint(checkpoint: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _source(model) -> str | None:
-    if model is None:
-        return None
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    name = getattr(getattr(model, "config", None), "name_or_path", None) or None
-    return os.path.abspath(name) if name and os.path.isdir(name) else name  # a snippet that runs from any folder
-
-
-def _shown(name: str | None) -> str:
-    """A model name for the card: a Hub link for a Hub id, the name in backticks otherwise (never a URL built from a
-    local path)."""
-    if not name:
-        return "unknown"
-    if _HUB_ID.match(name) and not os.path.exists(name):
-        return f"[{name}](https://huggingface.co/{name})"
-    return f"`{name}`"
-
-
 def prm_model_card(prm, location: str, policy: str | None, global_step: int, reward_funcs: list[str]) -> str:
     r"""The model card of a PRM trained online by PRIME: what it is, where it comes from, how to score steps with it.
 
@@ -221,18 +202,18 @@ def prm_model_card(prm, location: str, policy: str | None, global_step: int, rew
     Returns:
         `str`: The card, markdown with YAML metadata.
     """
-    base = _source(prm.model)
+    base = model_source(prm.model)
     if prm.reference_is_adapter:
         reference, ref_arg = "the PRM with its adapter disabled", '"adapter"'
     elif prm.ref_model is not None:
-        ref_name = _source(prm.ref_model)
-        reference, ref_arg = _shown(ref_name), repr(ref_name) if ref_name else "None"
+        ref_name = model_source(prm.ref_model)
+        reference, ref_arg = shown_name(ref_name), repr(ref_name) if ref_name else "None"
     else:
         reference, ref_arg = "none (reference-free: rewards are `beta * log pi_phi`)", "None"
     metadata = ["library_name: transformers", "tags:"] + [
         f"- {t}" for t in ("trl", "trl-erprm", "prime", "implicit-prm", "process-reward-model")
     ]
-    if base and _HUB_ID.match(base) and not os.path.exists(base):
+    if is_hub_id(base):
         metadata.insert(0, f"base_model: {base}")
     separator = prm.step_separator
     completion = "2 + 2 = 4." + (separator or " ") + "The answer is 4."
@@ -259,10 +240,10 @@ def prm_model_card(prm, location: str, policy: str | None, global_step: int, rew
             "([PRIME](https://arxiv.org/abs/2502.01456)) on the rollouts of the policy being trained, with a "
             "cross-entropy on the outcome of each rollout.",
             "",
-            f"- Base model (initial weights): {_shown(base)}",
+            f"- Base model (initial weights): {shown_name(base)}",
             f"- Reference model: {reference}",
             f"- beta: {prm.beta}",
-            f"- Policy trained alongside: {_shown(policy)}",
+            f"- Policy trained alongside: {shown_name(policy)}",
             f"- Outcome labels from: {verifiers}",
             f"- PRIME optimizer steps: {global_step}",
             "",

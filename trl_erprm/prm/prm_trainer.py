@@ -39,7 +39,15 @@ from .._compat import (
     enable_activation_checkpointing,
     turn_off_activation_checkpointing,
 )
-from ..data.stepwise import map_stepwise_dataset, tokenize_stepwise_row, tokenize_train_and_eval
+from ..data.stepwise import (
+    check_hard_labels,
+    check_labelled_rows,
+    map_stepwise_dataset,
+    tokenize_stepwise_row,
+    tokenize_train_and_eval,
+)
+from ..model_card import PRMModelCardMixin, token_classification_snippets
+from ..models import save_prm_config
 from .prm_config import PRMConfig
 
 
@@ -73,12 +81,16 @@ def compute_accuracy(eval_pred: EvalPrediction | tuple) -> dict[str, float]:
 
     Args:
         eval_pred ([`~transformers.trainer_utils.EvalPrediction`] or `tuple`):
-            `(predictions, labels)` gathered by the evaluation loop, as an `EvalPrediction` or a plain tuple.
+            `(predictions, labels)` gathered by the evaluation loop, as an `EvalPrediction` (also one carrying
+            `inputs` or `losses`) or a plain tuple; predictions that are a tuple of arrays (models with several
+            outputs) are read from their first element. Every input TRL's function accepts gives its result.
 
     Returns:
         `dict[str, float]`: `{"accuracy": ...}` (`nan` when nothing is labelled).
     """
-    predictions, labels = eval_pred
+    predictions, labels = eval_pred[0], eval_pred[1]
+    if isinstance(predictions, (tuple, list)):
+        predictions = predictions[0]
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.ndim == 3:
         keep = labels != -100
@@ -173,11 +185,16 @@ def prepare_peft_model(model: PreTrainedModel, peft_config: PeftConfig | None, a
     return model
 
 
-class PRMTrainer(ModelCardOnCheckpointMixin, BaseTrainer):
+class PRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, BaseTrainer):
     """Trainer for token-classification process reward models on stepwise supervision.
 
     A drop-in for `trl.experimental.prm.PRMTrainer` of TRL 1.13 (the last TRL with it), used on every TRL version:
-    same arguments, same behaviour. A TRL 1.13 PRM script runs by changing only its import to `trl_erprm`.
+    same arguments, same behaviour. A TRL 1.13 PRM script runs by changing only its import to `trl_erprm`. Beyond
+    TRL's class: a `None` or NaN label is an error naming its row (TRL crashes inside `datasets.map`), rows that
+    truncation leaves without a label are counted in a warning (an error when no training row keeps one), the saved
+    folder holds `prm_config.json` (the step separator, read by the scorers) and the model card says how to score
+    steps with the PRM. LM-head PRMs are trained by [`~trl_erprm.ERPRMTrainer`] (`head="lm"`), not by this class,
+    which mirrors TRL's.
 
     Args:
         model ([`~transformers.PreTrainedModel`] or `torch.nn.Module`):
@@ -210,6 +227,7 @@ class PRMTrainer(ModelCardOnCheckpointMixin, BaseTrainer):
     _tag_names = ["trl", "prm"]
     _name = "PRM"
     _paper = PRM_PAPER
+    _pipeline_tag = "token-classification"
 
     def __init__(
         self,
@@ -248,7 +266,10 @@ class PRMTrainer(ModelCardOnCheckpointMixin, BaseTrainer):
         if "input_ids" not in train_dataset.column_names:
 
             def tokenize(dataset: Dataset, is_eval: bool, name: str) -> Dataset:
-                return map_stepwise_dataset(dataset, self.tokenize_row, processing_class, args, is_eval, name)
+                check_hard_labels(dataset, name)
+                tokenized = map_stepwise_dataset(dataset, self.tokenize_row, processing_class, args, is_eval, name)
+                check_labelled_rows(tokenized, name, args.max_length, require_labels=not is_eval)
+                return tokenized
 
             train_dataset, eval_dataset = tokenize_train_and_eval(train_dataset, eval_dataset, tokenize)
 
@@ -308,3 +329,66 @@ class PRMTrainer(ModelCardOnCheckpointMixin, BaseTrainer):
             features, tokenizer, step_separator, max_length, max_completion_length, train_on_last_step_only, is_eval
         )
         return {"input_ids": input_ids, "labels": labels}
+
+    def saved_prm_config(self) -> dict:
+        """How this PRM reads steps, written to `prm_config.json` with every saved model ([`save_model`]).
+
+        Returns:
+            `dict`: `head`, `step_separator`, `max_length` and the trainer's name (see
+            [`~trl_erprm.models.save_prm_config`]).
+        """
+        return {
+            "head": "token_classification",
+            "step_separator": self.args.step_separator,
+            "max_length": self.args.max_length,
+            "trainer": type(self).__name__,
+        }
+
+    def save_model(self, output_dir: str | None = None, **kwargs) -> None:
+        """Save the model and tokenizer as [`~transformers.Trainer.save_model`] does, plus `prm_config.json`.
+
+        The scorers ([`~trl_erprm.evaluation.scorers.load_scorer`]) read `prm_config.json` to lay out steps exactly as
+        in training, with no flag. Checkpoints get it too.
+
+        Args:
+            output_dir (`str`, *optional*):
+                Folder to save to; defaults to `args.output_dir`.
+            **kwargs:
+                Passed to [`~transformers.Trainer.save_model`].
+        """
+        super().save_model(output_dir, **kwargs)
+        if self.args.should_save:
+            save_prm_config(output_dir or self.args.output_dir, self.saved_prm_config())
+
+    def card_summary(self) -> tuple[str, list[tuple[str, str]]]:
+        """The card's summary of a token-classification PRM (see [`~trl_erprm.model_card.PRMModelCardMixin`]).
+
+        Returns:
+            `tuple[str, list[tuple[str, str]]]`: The summary and the facts about its head and step layout.
+        """
+        summary = (
+            "A process reward model (PRM): a token classifier with 2 labels that gives every step of a solution the "
+            "probability that the step is correct (class 1). It was trained on stepwise supervision (a prompt, its "
+            "steps and one label per step)."
+        )
+        separator = self.args.step_separator
+        return summary, [
+            ("Head", "token classification, 2 labels (class 1 = good step)"),
+            (
+                "Step layout",
+                f"each step tokenized on its own and followed by the separator `{separator!r}`; a step's score sits "
+                "on the last token of step + separator (recorded in `prm_config.json`)",
+            ),
+        ]
+
+    def card_snippets(self, location: str) -> list[tuple[str, str]]:
+        """Scoring snippets of the saved token-classification PRM.
+
+        Args:
+            location (`str`):
+                The PRM's Hub id or folder.
+
+        Returns:
+            `list[tuple[str, str]]`: trl-erprm's scorer, then a plain transformers forward pass.
+        """
+        return token_classification_snippets(location, self.args.step_separator, is_peft_model(self.model))

@@ -67,15 +67,16 @@ class SearchConfig:
             What the PRM reads before the steps: `"problem"` (the prompt column as is) or `"generator_prompt"` (the
             generator's prompt, with chat template and suffix: for PRMs trained on such prompts, e.g. the
             quickstart's).
-        prm_step_separator (`str`, *optional*, defaults to `"\\n"`):
+        prm_step_separator (`str`, *optional*):
             Token-classification: the separator the PRM was trained with; LM head: text between a tag and the next
-            step; implicit: text ending a step.
-        step_tag (`str`, *optional*, defaults to `" ки"`):
-            LM-head PRMs: the step tag.
-        good_token (`str`, *optional*, defaults to `"+"`):
-            LM-head PRMs: the "good step" token.
-        bad_token (`str`, *optional*, defaults to `"-"`):
-            LM-head PRMs: the "bad step" token.
+            step; implicit: text ending a step. Default: the one recorded in the PRM's `prm_config.json` (trl-erprm
+            trainers write it), else `"\\n"`.
+        step_tag (`str`, *optional*):
+            LM-head PRMs: the step tag (default: the one in the PRM's `prm_config.json`, else `" ки"`).
+        good_token (`str`, *optional*):
+            LM-head PRMs (default: recorded in `prm_config.json`, else `"+"`): the "good step" token.
+        bad_token (`str`, *optional*):
+            LM-head PRMs (default: recorded in `prm_config.json`, else `"-"`): the "bad step" token.
         ref_model (`str`, *optional*):
             Implicit PRMs: the reference model, or `"adapter"`; `None` is reference-free.
         beta (`float`, *optional*, defaults to `0.05`):
@@ -144,10 +145,18 @@ class SearchConfig:
     step_separator: str = field(default="\n\n", metadata={"help": "Text between the generator's steps."})
     prm_type: str = field(default="auto", metadata={"help": "auto, token_classification, lm_head or implicit."})
     prm_prompt: str = field(default="problem", metadata={"help": "PRM input: 'problem' or 'generator_prompt'."})
-    prm_step_separator: str = field(default="\n", metadata={"help": "Separator the PRM was trained with."})
-    step_tag: str = field(default=" ки", metadata={"help": "LM-head PRMs: the step tag."})
-    good_token: str = field(default="+", metadata={"help": "LM-head PRMs: the good-step token."})
-    bad_token: str = field(default="-", metadata={"help": "LM-head PRMs: the bad-step token."})
+    prm_step_separator: str | None = field(
+        default=None, metadata={"help": "Separator the PRM was trained with (default: its prm_config.json, else \\n)."}
+    )
+    step_tag: str | None = field(
+        default=None, metadata={"help": "LM-head PRMs: the step tag (default: recorded, ' ки')."}
+    )
+    good_token: str | None = field(
+        default=None, metadata={"help": "LM-head PRMs: the good-step token (default: recorded, +)."}
+    )
+    bad_token: str | None = field(
+        default=None, metadata={"help": "LM-head PRMs: the bad-step token (default: recorded, -)."}
+    )
     ref_model: str | None = field(default=None, metadata={"help": "Implicit PRMs: the reference model."})
     beta: float = field(default=0.05, metadata={"help": "Implicit PRMs: the reward scale."})
     implicit_value: str = field(default="q", metadata={"help": "Implicit PRMs: 'q' or 'step_reward'."})

@@ -1,0 +1,164 @@
+"""LM-head vs token-classification PRM on the quickstart's arithmetic task: same data, same training budget.
+
+    python benchmarks/prm_heads.py [--quick] [--output prm_heads.json]
+
+Both PRMs start from the quickstart's tiny policy: the token-classification PRM with a new 2-label head on its body
+(as the quickstart trains its PRMs), the LM-head PRM with the policy's own LM head, reading "+" / "-" at a " ки" tag
+after every step. Both train with `ERPRMTrainer` on the same labels, the same epochs, batch size, learning rate and
+seed: the MC-rollout labels (ER labels, the quickstart's eta) and, as a control, the checker's true step labels. Then
+all four score the same held-out candidates. Reported: step accuracy
+against the checker's truth, the ProcessBench-style step F1, and Best-of-N accuracy at every N (mean over random
+candidate subsets), with majority vote and the first sample as references. The policy is the quickstart's cached one
+(trained on first use, about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+
+def run(quick: bool = False, seed: int = 0, learning_rate: float = 1e-3) -> dict:
+    """Train both PRMs on the same labels and evaluate them on the same candidates.
+
+    Args:
+        quick (`bool`, *optional*, defaults to `False`):
+            Smaller sizes (a check of the script, not a measurement).
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of everything.
+        learning_rate (`float`, *optional*, defaults to `1e-3`):
+            Learning rate of both PRMs (the quickstart's `prm_learning_rate`).
+
+    Returns:
+        `dict`: Settings, per-head metrics and timings.
+    """
+    import torch
+    from datasets import Dataset
+
+    from trl_erprm import ERPRMConfig, ERPRMTrainer
+    from trl_erprm.evaluation.scorers import LMHeadScorer, TokenClassificationScorer
+    from trl_erprm.models import load_model
+    from trl_erprm.quickstart import pipeline as qs
+    from trl_erprm.quickstart.policy import format_prompt
+
+    sizes = {}  # the quickstart's own sizes: 128 x 4 training solutions, 8 rollouts, 128 x 16 held-out candidates
+    if quick:
+        sizes = {"num_train_problems": 8, "num_test_problems": 8, "num_candidates": 4, "num_rollouts": 2}
+    config = qs.quickstart_config(seed=seed, prm_learning_rate=learning_rate, num_subset_draws=10, **sizes)
+    out = Path(tempfile.mkdtemp(prefix="prm-heads-"))
+    seeds = {name: qs.stage_seed(seed, name) for name in ("problems", "train_sampling", "test_sampling", "subsets")}
+    policy_path, model, tokenizer, _ = qs._policy(config)
+    train_problems = qs._distinct_problems(config.num_train_problems, seeds["problems"], set())
+    test_problems = qs._distinct_problems(
+        config.num_test_problems, seeds["problems"] + 1, {p.text for p in train_problems}
+    )
+    train, outcomes, label_quality, data = qs._labels(
+        config, seeds, policy_path, model, tokenizer, train_problems, out
+    )
+    prompts = {p.text: format_prompt(tokenizer, p) for p in train_problems + test_problems}
+    train_prompts = [prompts[train_problems[c.problem].text] for c in train]
+    labelled = {
+        # the MC-rollout labels (ER labels at batch time), as the quickstart trains its PRMs
+        "er": [
+            {"prompt": p, "completions": c.steps, "step_outcomes": o}
+            for p, c, o in zip(train_prompts, train, outcomes)
+        ],
+        # the checker's true step labels: a control with clean labels
+        "oracle": [
+            {"prompt": p, "completions": c.steps, "labels": [float(t) for t in c.step_truth]}
+            for p, c in zip(train_prompts, train)
+        ],
+    }
+
+    common = {
+        **qs._trainer_args(str(out / "prm"), qs.stage_seed(seed, "prm")),
+        "eta": config.eta,
+        "step_separator": qs.STEP_SEPARATOR,
+        "max_length": 256,
+        "num_train_epochs": config.prm_epochs,
+        "per_device_train_batch_size": config.prm_batch_size,
+        "learning_rate": config.prm_learning_rate,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,
+        "logging_steps": 5,
+        "disable_tqdm": True,
+    }
+    heads = {
+        # the policy's body with a fresh classification head, as the quickstart trains its PRMs
+        "token_classification": ({}, lambda: load_model(policy_path, "token_classification", num_labels=2)),
+        # the policy's own LM head; the prompt is the chat prompt, whose assistant turn the steps continue
+        "lm": ({"head": "lm", "prompt_separator": ""}, lambda: load_model(policy_path, "causal_lm")),
+    }
+    scorers, training = {}, {}
+    for labels, rows in labelled.items():
+        for name, (extra, build) in heads.items():
+            key = f"{name}/{labels}"
+            torch.manual_seed(qs.stage_seed(seed, "prm"))  # the same start for every PRM
+            args = ERPRMConfig(**{**common, "output_dir": str(out / name / labels), **extra})
+            dataset = Dataset.from_list(rows)
+            trainer = ERPRMTrainer(model=build(), args=args, train_dataset=dataset, processing_class=tokenizer)
+            started = time.perf_counter()
+            result = trainer.train()
+            training[key] = {"train_loss": result.training_loss, "seconds": round(time.perf_counter() - started, 1)}
+            prm = trainer.model.eval()
+            if name == "lm":
+                scorers[key] = LMHeadScorer(
+                    prm, tokenizer, step_separator=qs.STEP_SEPARATOR, prompt_separator="", batch_size=32
+                )
+            else:
+                scorers[key] = TokenClassificationScorer(
+                    prm, tokenizer, step_separator=qs.STEP_SEPARATOR, batch_size=32
+                )
+
+    test = qs._sample(model, tokenizer, test_problems, config.num_candidates, seeds["test_sampling"], config)
+    test_prompts = [prompts[test_problems[c.problem].text] for group in test for c in group]
+    best_of_n, step_f1 = qs._evaluate(config, scorers, test, test_prompts, train, train_prompts, seeds["subsets"])
+    curves = best_of_n["curves"]
+    table = {
+        name: {
+            "step_accuracy": step_f1[name]["step_accuracy"],
+            "step_f1_at_0.5": step_f1[name]["at_0.5"]["f1"],
+            "step_f1_calibrated": step_f1[name]["calibrated"]["f1"],
+            **{f"bon@{n}": curves[f"bon_{name}"][n]["mean"] for n in best_of_n["n_values"]},
+            **training[name],
+        }
+        for name in scorers
+    }
+    references = {
+        "first_sample": best_of_n["first_sample"],
+        **{f"majority@{n}": curves["majority"][n]["mean"] for n in best_of_n["n_values"]},
+        **{f"pass@{n}": curves["pass@n"][n]["mean"] for n in best_of_n["n_values"] if "pass@n" in curves},
+    }
+    return {
+        "settings": {
+            **{k: getattr(config, k) for k in ("num_train_problems", "samples_per_problem", "num_rollouts")},
+            **{k: getattr(config, k) for k in ("num_test_problems", "num_candidates", "prm_batch_size")},
+            **{"eta": config.eta, "epochs": config.prm_epochs, "learning_rate": learning_rate, "seed": seed},
+        },
+        "data": data,
+        "label_step_accuracy_er": label_quality["er"]["step_accuracy"],
+        "heads": table,
+        "references": references,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Toy sizes: check the script.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--output", default=None, help="Write the results as JSON here.")
+    cli = parser.parse_args()
+    results = run(cli.quick, cli.seed, cli.learning_rate)
+    text = json.dumps(results, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
+    print(text)
+    if cli.output:
+        Path(cli.output).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
