@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from .script_utils import DEBUG_ENV, run_command
+
 
 def _quickstart(argv: list[str]) -> int:
     from .quickstart.pipeline import quickstart_main
@@ -44,6 +46,11 @@ COMMANDS = {"quickstart": _quickstart, "label": _label, "bon": _bon, "stepeval":
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `trl-erprm` command.
 
+    Every subcommand gets the same treatment, whatever its module: its parser's usage line reads `trl-erprm
+    <command> ...` (the program name is set while it runs), and an error the user can fix is one line with exit
+    status 2 (usage) or 1 (runtime) instead of a traceback (`TRL_ERPRM_DEBUG=1` shows the traceback; see
+    [`~trl_erprm.script_utils.run_command`]).
+
     Args:
         argv (`list[str]`, *optional*):
             Arguments (without the program name); defaults to `sys.argv[1:]`.
@@ -54,14 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(f"usage: trl-erprm {{{','.join(COMMANDS)}}} [options]   (trl-erprm <command> --help for details)")
+        print(f"Errors are one line; set {DEBUG_ENV}=1 for the traceback.")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    from .jobs import JobFolderError
-
+    command, prog = COMMANDS[argv[0]], f"trl-erprm {argv[0]}"
+    program = sys.argv[0] if sys.argv else None
+    sys.argv[:1] = [prog]  # argparse names the program after sys.argv[0]: `usage: trl-erprm label ...`
     try:
-        return COMMANDS[argv[0]](argv[1:])
-    except JobFolderError as error:  # an environment fault (folder held, read-only, full): one line with the fix
-        print(f"trl-erprm {argv[0]}: error: {error}", file=sys.stderr)
-        return 1
+        return run_command(lambda: command(argv[1:]), prog=prog)
+    finally:
+        sys.argv[:1] = [] if program is None else [program]
 
 
 if __name__ == "__main__":
