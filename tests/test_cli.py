@@ -24,7 +24,9 @@ def test_console_script_lists_the_subcommands():
 
 def test_unknown_command_is_an_error(capsys):
     assert main(["nope"]) == 2
-    assert "usage: trl-erprm" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "usage: trl-erprm" in captured.out
+    assert captured.err.startswith("trl-erprm: error: unknown command 'nope'; choose one of ['quickstart'")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -59,7 +61,10 @@ def test_a_new_subcommand_gets_the_usage_line_and_one_line_errors(monkeypatch, c
             if self.rounds < 1:
                 raise ValueError(f"rounds must be >= 1, got {self.rounds}: pass --rounds 1 or more.")
 
+    seen = []
+
     def new_command(argv):
+        seen.append(list(sys.argv))  # what a job folder records as the command
         (args,) = make_parser((Arguments,)).parse_args_and_config(argv)
         return 0
 
@@ -68,7 +73,9 @@ def test_a_new_subcommand_gets_the_usage_line_and_one_line_errors(monkeypatch, c
     assert main(["newcmd", "--rounds", "0"]) == 2
     err = capsys.readouterr().err
     assert err == "trl-erprm newcmd: error: rounds must be >= 1, got 0: pass --rounds 1 or more.\n"
+    before = list(sys.argv)
     assert main(["newcmd", "--rounds", "3"]) == 0
+    assert seen[-1] == ["trl-erprm newcmd", "--rounds", "3"] and sys.argv == before
 
 
 def test_separator_help_is_escaped(capsys):

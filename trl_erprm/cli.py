@@ -58,18 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         `int`: The exit status.
     """
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(f"usage: trl-erprm {{{','.join(COMMANDS)}}} [options]   (trl-erprm <command> --help for details)")
         print(f"Errors are one line; set {DEBUG_ENV}=1 for the traceback.")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"trl-erprm: error: unknown command {argv[0]!r}; choose one of {list(COMMANDS)}.", file=sys.stderr)
+            return 2
+        return 0
     command, prog = COMMANDS[argv[0]], f"trl-erprm {argv[0]}"
-    program = sys.argv[0] if sys.argv else None
-    sys.argv[:1] = [prog]  # argparse names the program after sys.argv[0]: `usage: trl-erprm label ...`
+    saved = list(sys.argv)
+    # While it runs, the subcommand is the program: argparse names it in the usage line (`usage: trl-erprm label
+    # ...`), and a job folder records the command as typed.
+    sys.argv[:] = [prog, *argv[1:]]
     try:
         return run_command(lambda: command(argv[1:]), prog=prog)
     finally:
-        sys.argv[:1] = [] if program is None else [program]
+        sys.argv[:] = saved
 
 
 if __name__ == "__main__":
