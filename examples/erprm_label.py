@@ -1,5 +1,5 @@
 # accelerate launch examples/erprm_label.py --model_name_or_path deepseek-ai/deepseek-math-7b-rl --backend vllm --dataset_name tests/data/gsm8k_test.jsonl --dataset_format gsm8k --output_dir gsm8k-erprm-labels
-"""Label step-split solutions with ER-PRM Monte-Carlo rollouts (arXiv 2412.11006), as a resumable job.
+r"""Label step-split solutions with ER-PRM Monte-Carlo rollouts (arXiv 2412.11006), as a resumable job.
 
 For every step prefix of every solution, `--num_rollouts` completions are sampled from the generator and graded
 against the gold answer with math-verify (in sandboxed worker processes); the last step is labelled by grading the
@@ -28,18 +28,17 @@ On a CPU with a local model folder (for instance a tiny one from `trl_erprm.tiny
 
     accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/erprm_label.py \
         --model_name_or_path path/to/model --dataset_name tests/data/gsm8k_test.jsonl --dataset_format gsm8k \
-        --num_rows 8 --num_rollouts 4 --max_new_tokens 64 --output_dir /tmp/erprm-labels
+        --num_rows 8 --num_rollouts 4 --max_new_tokens 64 --output_dir erprm-labels
 
 Then train on the labels, choosing eta at batch time: `examples/erprm_train.py --dataset_name
-/tmp/erprm-labels/dataset --eta 2.0`.
+erprm-labels/dataset --eta 2.0`. `--step_separator "\n\n"` (as bash passes it: backslash-n) is two newlines.
 """
 
 import json
 
-from trl import TrlParser
-
 from trl_erprm.labeling.labeler import ERPRMLabeler, LabelScriptArguments, load_input_dataset, partial_state
 from trl_erprm.labeling.labeler_config import ERPRMLabelerConfig
+from trl_erprm.script_utils import make_parser, run_script
 
 
 def main(script_args: LabelScriptArguments, config: ERPRMLabelerConfig) -> None:
@@ -57,6 +56,4 @@ def main(script_args: LabelScriptArguments, config: ERPRMLabelerConfig) -> None:
 
 
 if __name__ == "__main__":
-    parser = TrlParser((LabelScriptArguments, ERPRMLabelerConfig))
-    script_args, config = parser.parse_args_and_config()
-    main(script_args, config)
+    run_script(main, make_parser((LabelScriptArguments, ERPRMLabelerConfig)))

@@ -40,11 +40,12 @@ On a CPU with a local model folder and a local jsonl file:
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
-from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
+from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from trl_erprm import ERPRMConfig, ERPRMTrainer
 from trl_erprm.data import load_any_dataset
 from trl_erprm.models import load_model, load_tokenizer
+from trl_erprm.script_utils import check_launch, make_parser, run_script
 
 
 @dataclass
@@ -76,6 +77,7 @@ class ScriptArguments:
 
 def main(script_args: ScriptArguments, training_args: ERPRMConfig, model_args: ModelConfig) -> None:
     """Load the model and data, train, save, and optionally push to the Hub."""
+    check_launch(training_args)
     quantization_config = get_quantization_config(model_args)
     model_kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation}
     if quantization_config is not None:
@@ -134,5 +136,4 @@ def main(script_args: ScriptArguments, training_args: ERPRMConfig, model_args: M
 
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, ERPRMConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    run_script(main, make_parser((ScriptArguments, ERPRMConfig, ModelConfig)))

@@ -1,4 +1,4 @@
-# accelerate launch examples/grpo_implicit_prm_reward.py --model_name_or_path Qwen/Qwen2.5-Math-1.5B-Instruct --prm_model_name_or_path Qwen2.5-Math-1.5B-ImplicitPRM --prm_ref_model_name_or_path Qwen/Qwen2.5-Math-1.5B-Instruct --dataset_name math500_test.jsonl --output_dir Qwen2.5-Math-1.5B-GRPO-ImplicitPRM --num_generations 8 --max_completion_length 1024
+# accelerate launch examples/grpo_implicit_prm_reward.py --model_name_or_path Qwen/Qwen2.5-Math-1.5B-Instruct --prm_model_name_or_path Qwen2.5-Math-1.5B-ImplicitPRM --prm_ref_model_name_or_path Qwen/Qwen2.5-Math-1.5B-Instruct --dataset_name tests/data/math500_test.jsonl --output_dir Qwen2.5-Math-1.5B-GRPO-ImplicitPRM --num_generations 8 --max_completion_length 1024
 """GRPO with two rewards: an implicit PRM (process reward, `trl_erprm.ImplicitPRM`) and TRL's math-verify
 `accuracy_reward` (outcome reward). GRPOTrainer sums them (weights: `--reward_weights`).
 
@@ -17,12 +17,13 @@ On CPU with tiny local models (see docs/implicit_prm.md):
 
 from dataclasses import dataclass, field
 
-from datasets import load_dataset
 from transformers import AutoTokenizer
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, get_peft_config
 from trl.rewards import accuracy_reward
 
+from trl_erprm.data import load_any_dataset
 from trl_erprm.implicit_prm import ImplicitPRM
+from trl_erprm.script_utils import check_launch, make_parser, run_script
 
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -77,6 +78,7 @@ def to_grpo_row(row: dict) -> dict:
 
 
 def main(script_args, training_args, model_args, prm_args) -> None:
+    check_launch(training_args)
     model_init_kwargs = {
         "revision": model_args.model_revision,
         "attn_implementation": model_args.attn_implementation,
@@ -84,11 +86,7 @@ def main(script_args, training_args, model_args, prm_args) -> None:
     }
     model_init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = {k: v for k, v in model_init_kwargs.items() if v is not None}
-    name = script_args.dataset_name
-    if name.endswith((".json", ".jsonl")):
-        dataset = load_dataset("json", data_files=name, split="train")
-    else:
-        dataset = load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
+    dataset = load_any_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split)
     if prm_args.max_train_samples is not None:
         dataset = dataset.select(range(min(prm_args.max_train_samples, len(dataset))))
     dataset = dataset.map(to_grpo_row, remove_columns=dataset.column_names)
@@ -122,5 +120,4 @@ def main(script_args, training_args, model_args, prm_args) -> None:
 
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, GRPOConfig, ModelConfig, ImplicitPRMRewardArguments))
-    main(*parser.parse_args_and_config())
+    run_script(main, make_parser((ScriptArguments, GRPOConfig, ModelConfig, ImplicitPRMRewardArguments)))

@@ -19,10 +19,11 @@ import os
 from dataclasses import dataclass, field
 
 from datasets import load_dataset
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 from trl.rewards import accuracy_reward
 
 from trl_erprm import PRMReward
+from trl_erprm.script_utils import check_launch, make_parser, run_script
 
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -94,6 +95,7 @@ def load_math_dataset(args: ScriptArguments):
 
 
 def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):
+    check_launch(training_args)
     training_args.model_init_kwargs = {"dtype": model_args.dtype, "revision": model_args.model_revision}
     reward = PRMReward(
         script_args.prm_model_name_or_path,
@@ -117,5 +119,4 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
 
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, GRPOConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    run_script(main, make_parser((ScriptArguments, GRPOConfig, ModelConfig)))

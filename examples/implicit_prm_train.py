@@ -19,11 +19,12 @@ Score with the trained model afterwards: `ImplicitPRM("tiny-implicit-prm", ref_m
 import os
 
 from datasets import load_dataset, load_from_disk
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from trl_erprm.implicit_prm_config import ImplicitPRMConfig
 from trl_erprm.implicit_prm_trainer import ImplicitPRMTrainer
 from trl_erprm.models import load_tokenizer
+from trl_erprm.script_utils import check_launch, make_parser, run_script
 
 
 def load_outcome_dataset(script_args: ScriptArguments):
@@ -39,6 +40,7 @@ def load_outcome_dataset(script_args: ScriptArguments):
 
 
 def main(script_args: ScriptArguments, training_args: ImplicitPRMConfig, model_args: ModelConfig) -> None:
+    check_launch(training_args)
     model_init_kwargs = {
         "revision": model_args.model_revision,
         "attn_implementation": model_args.attn_implementation,
@@ -70,5 +72,4 @@ def main(script_args: ScriptArguments, training_args: ImplicitPRMConfig, model_a
 
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, ImplicitPRMConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    run_script(main, make_parser((ScriptArguments, ImplicitPRMConfig, ModelConfig)))

@@ -14,14 +14,14 @@ is saved in `prm/` inside every checkpoint and in `<output_dir>/prm` at the end;
 it, and refuses a checkpoint that lacks it.
 """
 
-import os
 from dataclasses import dataclass
 
-from datasets import load_dataset
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, get_peft_config
 from trl.rewards import accuracy_reward
 
+from trl_erprm.data import load_any_dataset
 from trl_erprm.grpo import PRIMEConfig, PRIMETrainer
+from trl_erprm.script_utils import check_launch, make_parser, run_script
 
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -33,9 +33,10 @@ class ScriptArguments:
 
     Parameters:
         dataset_name (`str`, *optional*, defaults to `"HuggingFaceH4/MATH-500"`):
-            Dataset on the Hub, or a local `.json` / `.jsonl` file.
-        dataset_split (`str`, *optional*, defaults to `"test"`):
-            Split of a Hub dataset (a local file has one split).
+            Dataset on the Hub, a local `.json` / `.jsonl` / `.csv` / `.parquet` file or a `save_to_disk` folder.
+        dataset_split (`str`, *optional*):
+            Split to train on; by default the only split there is (a local file's, `"train"`). MATH-500 on the Hub
+            has one split (`"test"`).
         prompt_column (`str`, *optional*, defaults to `"problem"`):
             Column holding the question.
         solution_column (`str`, *optional*, defaults to `"solution"`):
@@ -45,7 +46,7 @@ class ScriptArguments:
     """
 
     dataset_name: str = "HuggingFaceH4/MATH-500"
-    dataset_split: str = "test"
+    dataset_split: str | None = None
     prompt_column: str = "problem"
     solution_column: str = "solution"
     max_train_samples: int | None = None
@@ -53,10 +54,7 @@ class ScriptArguments:
 
 def load_math_dataset(script_args: ScriptArguments):
     """Load the dataset and turn each row into a conversational prompt plus its `solution`."""
-    if os.path.isfile(script_args.dataset_name):
-        dataset = load_dataset("json", data_files=script_args.dataset_name, split="train")
-    else:
-        dataset = load_dataset(script_args.dataset_name, split=script_args.dataset_split)
+    dataset = load_any_dataset(script_args.dataset_name, split=script_args.dataset_split)
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
     for column in (script_args.prompt_column, script_args.solution_column):
@@ -74,6 +72,7 @@ def load_math_dataset(script_args: ScriptArguments):
 
 
 def main(script_args: ScriptArguments, training_args: PRIMEConfig, model_args: ModelConfig):
+    check_launch(training_args)
     training_args.model_init_kwargs = {"dtype": model_args.dtype, "revision": model_args.model_revision}
     # the PRM is built from --prm_model_name_or_path (default: the policy), in float32: AdamW at lr 1e-6 needs float32
     # weights, and with --bf16 its forward passes run under the trainer's autocast
@@ -93,5 +92,4 @@ def main(script_args: ScriptArguments, training_args: PRIMEConfig, model_args: M
 
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, PRIMEConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    run_script(main, make_parser((ScriptArguments, PRIMEConfig, ModelConfig)))

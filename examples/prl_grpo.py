@@ -11,14 +11,14 @@ On the CPU, with a tiny local model and local data (a few steps):
     accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/prl_grpo.py --model_name_or_path tiny-lm --dataset_name tests/data/math500_test.jsonl --max_train_samples 16 --output_dir prl-tiny --use_cpu --per_device_train_batch_size 4 --num_generations 2 --max_completion_length 16 --max_steps 3 --beta 0.001 --eta 100 --step_len 4 --report_to none
 """
 
-import os
 from dataclasses import dataclass
 
-from datasets import load_dataset
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, get_peft_config
 from trl.rewards import accuracy_reward
 
+from trl_erprm.data import load_any_dataset
 from trl_erprm.grpo import PRLConfig, PRLTrainer
+from trl_erprm.script_utils import check_launch, make_parser, run_script
 
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -30,9 +30,10 @@ class ScriptArguments:
 
     Parameters:
         dataset_name (`str`, *optional*, defaults to `"HuggingFaceH4/MATH-500"`):
-            Dataset on the Hub, or a local `.json` / `.jsonl` file.
-        dataset_split (`str`, *optional*, defaults to `"test"`):
-            Split of a Hub dataset (a local file has one split).
+            Dataset on the Hub, a local `.json` / `.jsonl` / `.csv` / `.parquet` file or a `save_to_disk` folder.
+        dataset_split (`str`, *optional*):
+            Split to train on; by default the only split there is (a local file's, `"train"`). MATH-500 on the Hub
+            has one split (`"test"`).
         prompt_column (`str`, *optional*, defaults to `"problem"`):
             Column holding the question.
         solution_column (`str`, *optional*, defaults to `"solution"`):
@@ -42,7 +43,7 @@ class ScriptArguments:
     """
 
     dataset_name: str = "HuggingFaceH4/MATH-500"
-    dataset_split: str = "test"
+    dataset_split: str | None = None
     prompt_column: str = "problem"
     solution_column: str = "solution"
     max_train_samples: int | None = None
@@ -50,10 +51,7 @@ class ScriptArguments:
 
 def load_math_dataset(script_args: ScriptArguments):
     """Load the dataset and turn each row into a conversational prompt plus its `solution`."""
-    if os.path.isfile(script_args.dataset_name):
-        dataset = load_dataset("json", data_files=script_args.dataset_name, split="train")
-    else:
-        dataset = load_dataset(script_args.dataset_name, split=script_args.dataset_split)
+    dataset = load_any_dataset(script_args.dataset_name, split=script_args.dataset_split)
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
     for column in (script_args.prompt_column, script_args.solution_column):
@@ -71,6 +69,7 @@ def load_math_dataset(script_args: ScriptArguments):
 
 
 def main(script_args: ScriptArguments, training_args: PRLConfig, model_args: ModelConfig):
+    check_launch(training_args)
     training_args.model_init_kwargs = {"dtype": model_args.dtype, "revision": model_args.model_revision}
     trainer = PRLTrainer(
         model=model_args.model_name_or_path,
@@ -86,5 +85,4 @@ def main(script_args: ScriptArguments, training_args: PRLConfig, model_args: Mod
 
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, PRLConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    run_script(main, make_parser((ScriptArguments, PRLConfig, ModelConfig)))

@@ -15,10 +15,11 @@ import os
 from dataclasses import dataclass, field
 
 from datasets import load_dataset
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, get_peft_config
 from trl.rewards import accuracy_reward
 
 from trl_erprm import PRMGRPOConfig, PRMGRPOTrainer
+from trl_erprm.script_utils import check_launch, make_parser, run_script
 
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -68,6 +69,7 @@ def load_math_dataset(args: ScriptArguments):
 
 
 def main(script_args: ScriptArguments, training_args: PRMGRPOConfig, model_args: ModelConfig):
+    check_launch(training_args)
     training_args.model_init_kwargs = {"dtype": model_args.dtype, "revision": model_args.model_revision}
     if training_args.prm_prompt_column is None:
         training_args.prm_prompt_column = "problem"  # the PRM reads the question, not the instruction
@@ -83,5 +85,4 @@ def main(script_args: ScriptArguments, training_args: PRMGRPOConfig, model_args:
 
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, PRMGRPOConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    run_script(main, make_parser((ScriptArguments, PRMGRPOConfig, ModelConfig)))

@@ -15,18 +15,16 @@ On the CPU, with tiny local models and local data:
     accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/raft.py --model_name_or_path tiny-lm --prm_model tiny-prm --dataset_name tests/data/gsm8k_test.jsonl --prompt_column question --gold_column answer --max_problems 12 --eval_fraction 0.25 --num_rounds 2 --num_samples 4 --max_new_tokens 16 --max_steps 2 --per_device_train_batch_size 2 --use_cpu --report_to none --output_dir raft-tiny
 """
 
-from trl import TrlParser
-
 from trl_erprm.raft import RAFTConfig, run_raft
+from trl_erprm.script_utils import check_launch, make_parser, run_script
 
 
-def main(config: RAFTConfig) -> dict:
+def main(config: RAFTConfig) -> int:
+    check_launch(config)
     report = run_raft(config)
     print(f"Held-out accuracy per round (0: the initial policy): {report['accuracy']}; policy: {report['policy']}")
-    return report
+    return 1 if report["stopped"] else 0  # a round that kept no sample: the message says what to change
 
 
 if __name__ == "__main__":
-    parser = TrlParser((RAFTConfig,))
-    (config,) = parser.parse_args_and_config()
-    main(config)
+    run_script(main, make_parser((RAFTConfig,)))

@@ -25,7 +25,10 @@ from pathlib import Path
 
 import pytest
 from accelerate.commands.launch import launch_command_parser
+from transformers import TrainingArguments
 from trl import TrlParser
+
+from trl_erprm.script_utils import make_parser
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,25 +319,39 @@ def _split(script: str, command: str) -> tuple[str, list[str], list[str]]:
     return "python", words[1:at], words[at + 1 :]
 
 
-def _script_parser(script: str) -> TrlParser:
-    """A `TrlParser` over every dataclass the script hands to `TrlParser(...)`, found in its source and resolved in the
-    imported module (importing runs nothing: the scripts start under `if __name__ == "__main__":`)."""
-    path = ROOT / "examples" / script
-    tree = ast.parse(path.read_text())
-    calls = [
+def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [
         node
         for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "TrlParser"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name
     ]
-    assert calls, f"examples/{script} does not parse its arguments with trl.TrlParser (TRL's script convention)"
+
+
+def _load_example(script: str):
+    """The example imported as a module (importing runs nothing: the scripts start under `if __name__ ==
+    "__main__":`)."""
+    path = ROOT / "examples" / script
     spec = importlib.util.spec_from_file_location(f"_example_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _script_parser(script: str) -> TrlParser:
+    """The parser over every dataclass the script hands to `make_parser(...)` (trl-erprm's `TrlParser`), found in its
+    source and resolved in the imported module."""
+    tree = ast.parse((ROOT / "examples" / script).read_text())
+    calls = _calls(tree, "make_parser")
+    assert calls and not _calls(tree, "TrlParser"), (
+        f"examples/{script} must parse its arguments with trl_erprm.script_utils.make_parser (TRL's TrlParser with "
+        "the project's separator escapes, help and one-line errors)"
+    )
+    module = _load_example(script)
     types = []
     for call in calls:
-        assert call.args and isinstance(call.args[0], (ast.Tuple, ast.List)), f"{script}: TrlParser((A, B, ...))"
+        assert call.args and isinstance(call.args[0], (ast.Tuple, ast.List)), f"{script}: make_parser((A, B, ...))"
         types += [getattr(module, element.id) for element in call.args[0].elts]
-    return TrlParser(tuple(dict.fromkeys(types)))
+    return make_parser(tuple(dict.fromkeys(types)))
 
 
 def _check_command(script: str, command: str, parser: TrlParser) -> None:
@@ -431,3 +448,153 @@ def test_example_runs_on_cpu(script, case, placeholders, tmp_path):
             assert not missing, f"{script}: {name} lacks {missing}"
     missing = [pattern for pattern in case.logs if not re.search(pattern, log)]
     assert not missing, f"{script} printed nothing matching {missing}:\n{log[-3000:]}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Issue 16: one-line errors, the launch check, files inside the repository, documented commands that parse
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _main_block(tree: ast.Module) -> ast.If:
+    return next(
+        node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'"
+    )
+
+
+@pytest.mark.parametrize("script", EXAMPLES)
+def test_example_reports_errors_in_one_line(script):
+    """The entry point goes through `run_script`: a usage error is one line and exit status 2, a runtime error one
+    line and status 1 (see test_example_error_lines for two real runs)."""
+    tree = ast.parse((ROOT / "examples" / script).read_text())
+    assert _calls(_main_block(tree), "run_script"), f"examples/{script}: end with `run_script(main, make_parser(...))`"
+
+
+@pytest.mark.parametrize("script", EXAMPLES)
+def test_training_examples_check_the_launch(script):
+    """Every script that trains calls `check_launch` on its training arguments before loading anything, so a
+    multi-process launch whose processes would each train alone stops with the fix (tests/test_launch.py runs it)."""
+    tree = ast.parse((ROOT / "examples" / script).read_text())
+    module = _load_example(script)
+    trains = any(
+        isinstance(getattr(module, element.id, None), type)
+        and issubclass(getattr(module, element.id), TrainingArguments)
+        for call in _calls(tree, "make_parser")
+        for element in call.args[0].elts
+    )
+    checks = bool(_calls(tree, "check_launch"))
+    assert checks == trains, f"examples/{script}: {'call check_launch(training_args)' if trains else 'trains nothing'}"
+
+
+SAMPLES = {path.name for path in (ROOT / "tests" / "data").iterdir()}
+
+
+def _check_paths(where: str, command: str) -> None:
+    """A command names files inside the repository: no absolute path, `tests/` and `examples/` paths exist, and a
+    sample of `tests/data` is named with its folder."""
+    for word in shlex.split(command):
+        value = word.split("=", 1)[-1]
+        assert not value.startswith(("/", "~")), f"{where}: `{command[:100]}...` names {value}, outside the repository"
+        if value.startswith(("tests/", "examples/")):
+            assert (ROOT / value).exists(), f"{where}: `{command[:100]}...` names missing {value}"
+        else:
+            sample = Path(value).name in SAMPLES
+            assert not sample, (
+                f"{where}: `{command[:100]}...` names {value}: the sample is tests/data/{Path(value).name}"
+            )
+
+
+@pytest.mark.parametrize("script", EXAMPLES)
+def test_example_commands_name_files_inside_the_repository(script):
+    for command in [_first_line(script), *_docstring_commands(script)]:
+        _check_paths(f"examples/{script}", command)
+
+
+def test_example_error_lines(tmp_path):
+    """Two real runs: a rejected value (status 2) and a missing model folder (status 1), each one line, no
+    traceback."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("TRL_ERPRM_DEBUG", None)
+    runs = [
+        (["examples/bon_eval.py", "--dataset_name", "tests/data/gsm8k_test.jsonl", "--num_candidates", "0"], 2),
+        (
+            ["examples/prm_train.py", "--model_name_or_path", str(tmp_path / "no-model"), "--dataset_name", "x.jsonl"]
+            + ["--output_dir", str(tmp_path / "out"), "--use_cpu", "--bf16", "False"],
+            1,
+        ),
+    ]
+    for argv, status in runs:
+        result = subprocess.run(
+            [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+        assert result.returncode == status, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr[-2000:]
+        assert lines[0].startswith(f"{Path(argv[0]).name}: error: ")
+
+
+# Documented commands: README and docs/*.md, the lines of their bash blocks.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _documented_commands() -> list[tuple[str, str]]:
+    found = []
+    for page in PAGES:
+        for language, body in re.findall(r"```(\w+)\n(.*?)```", page.read_text(), re.S):
+            if language != "bash":
+                continue
+            for line in body.replace("\\\n", " ").splitlines():
+                line = re.sub(r"<[^<>]+>", "placeholder", line)  # `--generator_model <policy folder>`
+                for part in line.split(" #")[0].split("&&"):
+                    if part.strip():
+                        found.append((page.name, part.strip()))
+    return found
+
+
+def _subcommand_parsers() -> dict:
+    """The parser of every `trl-erprm` subcommand (a new subcommand needs an entry here)."""
+    from trl_erprm.evaluation.bon import BestOfNArguments
+    from trl_erprm.evaluation.stepeval import StepEvalArguments
+    from trl_erprm.labeling.labeler import make_parser as label_parser
+    from trl_erprm.quickstart import pipeline
+    from trl_erprm.raft import RAFTConfig
+    from trl_erprm.search import SearchConfig
+
+    return {
+        "quickstart": pipeline._parser,
+        "label": label_parser,
+        "bon": lambda: make_parser((BestOfNArguments,)),
+        "stepeval": lambda: make_parser((StepEvalArguments,)),
+        "search": lambda: make_parser((SearchConfig,)),
+        "raft": lambda: make_parser((RAFTConfig,)),
+    }
+
+
+def test_documented_commands_parse():
+    """Every `python examples/...`, `accelerate launch ... examples/...` and `trl-erprm <command> ...` line of the
+    README and the docs is accepted, values included, by the script's or the subcommand's own parser."""
+    from trl_erprm.cli import COMMANDS
+
+    parsers = _subcommand_parsers()
+    assert set(parsers) == set(COMMANDS), f"add the parser of {set(COMMANDS) - set(parsers)} to _subcommand_parsers"
+    checked = 0
+    for page, command in _documented_commands():
+        _check_paths(page, command)
+        words = shlex.split(command)
+        scripts = [w for w in words if re.fullmatch(r"examples/\w+\.py", w)]
+        if scripts and words[0] in ("python", "python3", "accelerate"):
+            script = scripts[0][len("examples/") :]
+            _check_command(script, command, _script_parser(script))
+            checked += 1
+        elif words[0] == "trl-erprm" and len(words) > 1 and "--help" not in words:
+            parser = parsers[words[1]]()
+            errors = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(errors):
+                    if words[1] == "quickstart":
+                        parser.parse_args(words[2:])
+                    else:
+                        parser.parse_args_and_config(words[2:])
+            except SystemExit:
+                pytest.fail(f"{page}: `{command}` is rejected: {errors.getvalue().strip().splitlines()[-1]}")
+            checked += 1
+    assert checked >= 15

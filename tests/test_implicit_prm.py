@@ -154,11 +154,49 @@ def test_bos_tokenizer_rewards_equal_hand_computation(bos_tokenizer, bos_lm_path
 
 def test_identical_prm_and_reference_give_exactly_zero(tokenizer, causal_lm_path):
     prm = ImplicitPRM(causal_lm_path, ref_model=causal_lm_path, tokenizer=tokenizer, batch_size=2)
-    assert prm(PROMPTS, COMPLETIONS) == [0.0, 0.0, 0.0]
+    with pytest.warns(UserWarning, match="identical log-probabilities") as caught:
+        assert prm(PROMPTS, COMPLETIONS) == [0.0, 0.0, 0.0]
+    assert len([w for w in caught if "identical" in str(w.message)]) == 1  # once, though two batches were scored
     for result in prm.score_steps(PROMPTS, COMPLETIONS):
         assert all(v == 0.0 for v in result["step_rewards"] + result["q_at_step_ends"])
     rewards, mask = prm.token_rewards(PROMPTS, COMPLETIONS)
     assert mask.sum() > 0 and torch.equal(rewards, torch.zeros_like(rewards))
+
+
+def _identical_reference_warnings(call) -> list[str]:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in caught if "identical log-probabilities" in str(w.message)]
+
+
+def test_a_reference_identical_to_the_prm_warns_once_with_the_fix(tokenizer, causal_lm_path, ref_path):
+    """Issue 16: an implicit PRM whose reference has its weights returns 0 for everything; it says so, once."""
+    from peft import LoraConfig, get_peft_model
+
+    same = ImplicitPRM(causal_lm_path, ref_model=causal_lm_path, tokenizer=tokenizer)
+    [message] = _identical_reference_warnings(lambda: same.score_steps(PROMPTS, COMPLETIONS))
+    assert "every reward is exactly 0" in message and "the reference model" in message
+    assert "ImplicitPRMTrainer" in message and "ref_model=None" in message
+    assert _identical_reference_warnings(lambda: same(PROMPTS, COMPLETIONS)) == []  # once per PRM
+    # a fresh LoRA adapter (B = 0) scored against its own base: the same model
+    fresh = get_peft_model(AutoModelForCausalLM.from_pretrained(causal_lm_path), LoraConfig(r=4))
+    untrained = ImplicitPRM(fresh, ref_model="adapter", tokenizer=tokenizer)
+    [message] = _identical_reference_warnings(lambda: untrained.token_rewards(PROMPTS, COMPLETIONS))
+    assert "the PRM with its adapter disabled" in message
+    # a real reference, the reference-free variant and empty completions: no warning
+    assert (
+        _identical_reference_warnings(lambda: ImplicitPRM(causal_lm_path, ref_path, tokenizer)(PROMPTS, COMPLETIONS))
+        == []
+    )
+    assert (
+        _identical_reference_warnings(lambda: ImplicitPRM(causal_lm_path, None, tokenizer)(PROMPTS, COMPLETIONS)) == []
+    )
+    empty_first = ImplicitPRM(causal_lm_path, ref_model=causal_lm_path, tokenizer=tokenizer)
+    assert _identical_reference_warnings(lambda: empty_first(["a"], [""])) == []  # nothing scored: nothing decided
+    assert len(_identical_reference_warnings(lambda: empty_first(PROMPTS, COMPLETIONS))) == 1
 
 
 def test_reference_free_variant(tokenizer, causal_lm_path):

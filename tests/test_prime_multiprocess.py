@@ -171,6 +171,8 @@ if __name__ == "__main__":
     parser.add_argument("--trainer", default="prime", choices=["prime", "prl"])
     cli = parser.parse_args()
     worker(cli.model, cli.out, cli.trainer)
+    if torch.distributed.is_initialized():  # gloo threads torn down at exit can abort the process
+        torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow

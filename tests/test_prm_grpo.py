@@ -254,3 +254,5 @@ if __name__ == "__main__":
     parser.add_argument("--out", required=True)
     cli = parser.parse_args()
     worker(cli.model, cli.prm, cli.out)
+    if torch.distributed.is_initialized():  # gloo threads torn down at exit can abort the process
+        torch.distributed.destroy_process_group()

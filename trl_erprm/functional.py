@@ -804,6 +804,7 @@ def process_supervision_advantages(
     return advantages * mask.to(advantages.dtype)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
 # LM-head PRMs (Math-Shepherd / ER-PRM convention) and the KTO / NCA losses of implicit PRMs
 # ---------------------------------------------------------------------------------------------------------------------
 

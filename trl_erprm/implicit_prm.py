@@ -38,6 +38,13 @@ from .steps import StepFormat, step_end_token_indices
 
 __all__ = ["ImplicitPRM", "completion_logps"]
 
+#: Warning of an implicit PRM that scores exactly like its reference: every reward is 0 (issue 16: nothing in silence).
+IDENTICAL_REFERENCE_WARNING = (
+    "ImplicitPRM: the PRM and {reference} give identical log-probabilities (the same weights: an untrained PRM or "
+    "adapter, or the reference itself), so every reward is exactly 0. Train the PRM first (ImplicitPRMTrainer) and "
+    "load the trained folder, or pass ref_model=None for a reference-free PRM (beta * log pi_prm)."
+)
+
 
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
@@ -256,6 +263,10 @@ class ImplicitPRM:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}.")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = 0 if pad is None else int(pad)
+        self._reference_checked = False  # see token_rewards_from_ids: a reference identical to the PRM warns once
+
+    def _reference_name(self) -> str:
+        return "the PRM with its adapter disabled" if self.reference_is_adapter else "the reference model"
 
     def __repr__(self) -> str:
         reference = "adapter-disabled" if self.reference_is_adapter else ("separate" if self.ref_model else "none")
@@ -349,11 +360,18 @@ class ImplicitPRM:
             `torch.Tensor`: Rewards of shape `(B, T)`, float32, on `input_ids.device`.
         """
         logps = self.compute_logps(input_ids, attention_mask, logits_to_keep)
-        if ref_logps is None:
+        own_reference = ref_logps is None
+        if own_reference:
             ref_logps = self.compute_logps(input_ids, attention_mask, logits_to_keep, reference=True)
         else:
             ref_logps = ref_logps.detach().to(device=logps.device, dtype=logps.dtype)
-        return implicit_token_rewards(logps, ref_logps, self.beta, completion_mask.to(logps.device))
+        rewards = implicit_token_rewards(logps, ref_logps, self.beta, completion_mask.to(logps.device))
+        if own_reference and self.has_reference and not self._reference_checked and completion_mask.any():
+            self._reference_checked = True  # the first scored tokens decide: warn once, check once
+            scored = completion_mask.bool().to(logps.device)
+            if torch.equal(logps[scored], ref_logps[scored]):
+                warnings.warn(IDENTICAL_REFERENCE_WARNING.format(reference=self._reference_name()), stacklevel=2)
+        return rewards
 
     # ----------------------------------------------------------------------------------------------------------------
     # Text API

@@ -59,8 +59,9 @@ class BestOfNArguments:
             Problems: a Hub id, a local `.jsonl` / `.json` / `.parquet` / `.csv` file or a `save_to_disk` folder.
         dataset_config (`str`, *optional*):
             Hub dataset configuration.
-        dataset_split (`str`, *optional*, defaults to `"test"`):
-            Split to evaluate (a single data file is the `"train"` split: pass `--dataset_split train`).
+        dataset_split (`str`, *optional*):
+            Split to evaluate. By default the only split there is (a local data file is the `"train"` split); a
+            dataset with several splits (most Hub datasets) needs it, e.g. `--dataset_split test`.
         max_problems (`int`, *optional*):
             Evaluate only the first `max_problems` problems.
         prompt_column (`str`, *optional*, defaults to `"prompt"`):
@@ -155,7 +156,9 @@ class BestOfNArguments:
 
     dataset_name: str = field(metadata={"help": "Hub id, data file or save_to_disk folder of the problems."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
-    dataset_split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    dataset_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate (default: the only split; a local data file's is 'train')."}
+    )
     max_problems: int | None = field(default=None, metadata={"help": "Evaluate only the first problems."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column of the problem text."})
     gold_column: str = field(default="gold_answer", metadata={"help": "Column of the gold answer."})
@@ -606,15 +609,17 @@ def bon_main(argv: list[str] | None = None) -> dict:
     Returns:
         `dict`: The report of [`run_best_of_n`].
     """
-    from trl import TrlParser
+    from ..script_utils import make_parser
 
     logging.basicConfig(format="%(message)s")
     logging.getLogger("trl_erprm").setLevel(logging.INFO)  # start-up, resume and warning messages
-    parser = TrlParser((BestOfNArguments,), prog="trl-erprm bon")
+    parser = make_parser((BestOfNArguments,), prog="trl-erprm bon")
     (args,) = parser.parse_args_and_config(argv)
     return run_best_of_n(args)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    bon_main(sys.argv[1:])
+    from ..script_utils import run_command
+
+    sys.exit(run_command(lambda: bon_main(sys.argv[1:]), prog="trl-erprm bon"))

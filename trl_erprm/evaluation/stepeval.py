@@ -64,8 +64,9 @@ class StepEvalArguments:
             Items: a Hub id, a local data file or a `save_to_disk` folder.
         dataset_config (`str`, *optional*):
             Hub dataset configuration.
-        dataset_split (`str`, *optional*, defaults to `"test"`):
-            Split to evaluate.
+        dataset_split (`str`, *optional*):
+            Split to evaluate. By default the only split there is (a local data file is the `"train"` split); a
+            dataset with several splits (most Hub datasets) needs it, e.g. `--dataset_split test`.
         max_items (`int`, *optional*):
             Evaluate only the first items of each split.
         problem_column (`str`, *optional*, defaults to `"problem"`):
@@ -125,7 +126,9 @@ class StepEvalArguments:
 
     dataset_name: str = field(metadata={"help": "Hub id, data file or save_to_disk folder of the items."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
-    dataset_split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    dataset_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate (default: the only split; a local data file's is 'train')."}
+    )
     max_items: int | None = field(default=None, metadata={"help": "Evaluate only the first items of each split."})
     problem_column: str = field(default="problem", metadata={"help": "Column of the problem text."})
     steps_column: str = field(default="steps", metadata={"help": "Column of the steps."})
@@ -197,9 +200,10 @@ def _load_items(args: StepEvalArguments) -> list[dict]:
         needed += [args.scores_column] if args.scores_column else []
         missing = [c for c in needed if c not in dataset.column_names]
         if missing:
+            where = f"Split {split!r} of {args.dataset_name!r}" if split else repr(args.dataset_name)
             raise ValueError(
-                f"Split {split!r} of {args.dataset_name!r} has no column(s) {missing}; its columns are "
-                f"{dataset.column_names}. Pass --problem_column / --steps_column / --label_column."
+                f"{where} has no column(s) {missing}; its columns are {dataset.column_names}. Pass --problem_column / "
+                "--steps_column / --label_column."
             )
         for row in dataset.select_columns(needed):
             items.append({"part": part, **{k: row[k] for k in needed}})
@@ -399,14 +403,16 @@ def stepeval_main(argv: list[str] | None = None) -> dict:
     Returns:
         `dict`: The report of [`run_step_eval`].
     """
-    from trl import TrlParser
+    from ..script_utils import make_parser
 
     logging.basicConfig(format="%(message)s")
     logging.getLogger("trl_erprm").setLevel(logging.INFO)  # start-up and resume messages
-    parser = TrlParser((StepEvalArguments,), prog="trl-erprm stepeval")
+    parser = make_parser((StepEvalArguments,), prog="trl-erprm stepeval")
     (args,) = parser.parse_args_and_config(argv)
     return run_step_eval(args)
 
 
 if __name__ == "__main__":
-    stepeval_main(sys.argv[1:])
+    from ..script_utils import run_command
+
+    sys.exit(run_command(lambda: stepeval_main(sys.argv[1:]), prog="trl-erprm stepeval"))

@@ -895,16 +895,17 @@ def make_parser(subparsers=None):
             When given, the parser is added to them as the `label` subcommand.
 
     Returns:
-        `trl.TrlParser`: The parser (it also reads a YAML file given with `--config`).
+        `trl.TrlParser`: The parser (it also reads a YAML file given with `--config`), from
+        [`~trl_erprm.script_utils.make_parser`].
     """
-    from trl import TrlParser
+    from ..script_utils import make_parser as make_script_parser
 
     types = (LabelScriptArguments, ERPRMLabelerConfig)
     if subparsers is not None:
         return subparsers.add_parser(
             "label", help="Label step-split solutions with ER-PRM rollouts", dataclass_types=types
         )
-    return TrlParser(types)
+    return make_script_parser(types)
 
 
 def run(script_args: LabelScriptArguments, config: ERPRMLabelerConfig):

@@ -1038,8 +1038,17 @@ def quickstart_main(argv: list[str] | None = None) -> int:
 
     Returns:
         `int`: The exit status (0).
+
+    Raises:
+        [`~trl_erprm.script_utils.UsageError`]: An option value the settings reject (e.g. `--eta -1`).
     """
-    config = quickstart_config(**vars(_parser().parse_args(sys.argv[1:] if argv is None else argv)))
+    from ..script_utils import UsageError
+
+    options = vars(_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    try:
+        config = quickstart_config(**options)
+    except ValueError as error:  # a value the settings reject: a usage error (exit status 2), one line
+        raise UsageError(str(error)) from error
     previous = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:

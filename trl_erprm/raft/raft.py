@@ -700,10 +700,10 @@ def raft_main(argv: list[str] | None = None) -> int:
     Returns:
         `int`: 0, or 1 when a round kept no sample (the message says which and what to change).
     """
-    from trl import TrlParser
+    from ..script_utils import check_launch, make_parser
 
-    parser = TrlParser((RAFTConfig,), prog="trl-erprm raft")
-    (config,) = parser.parse_args_and_config(argv)
+    (config,) = make_parser((RAFTConfig,), prog="trl-erprm raft").parse_args_and_config(argv)
+    check_launch(config)
     report = run_raft(config)
     return 1 if report["stopped"] else 0
 

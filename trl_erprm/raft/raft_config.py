@@ -199,7 +199,9 @@ class RAFTConfig(SFTConfig):
     require_correct: bool = field(default=False, metadata={"help": "Keep graded-correct samples only."})
     prm_model: str | None = field(default=None, metadata={"help": "The PRM (folder or Hub id)."})
     prm_type: str = field(default="auto", metadata={"help": "'auto', 'token_classification', 'lm_head', 'implicit'."})
-    prm_step_separator: str | None = field(default=None, metadata={"help": "Text that ends a step for the PRM."})
+    prm_step_separator: str | None = field(
+        default=None, metadata={"help": "Text that ends a step for the PRM (default: its prm_config.json, else \\n)."}
+    )
     step_tag: str | None = field(default=None, metadata={"help": "LM-head PRMs: the step tag."})
     good_token: str | None = field(default=None, metadata={"help": "LM-head PRMs: the 'good step' token."})
     bad_token: str | None = field(default=None, metadata={"help": "LM-head PRMs: the 'bad step' token."})

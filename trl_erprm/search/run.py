@@ -372,13 +372,15 @@ def search_main(argv: list[str] | None = None) -> dict:
     Returns:
         `dict`: The report of [`run_search`].
     """
-    from trl import TrlParser
+    from ..script_utils import make_parser
 
-    parser = TrlParser((SearchConfig,), prog="trl-erprm search")
+    parser = make_parser((SearchConfig,), prog="trl-erprm search")
     (config,) = parser.parse_args_and_config(argv)
     return run_search(config)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    search_main(sys.argv[1:])
+    from ..script_utils import run_command
+
+    sys.exit(run_command(lambda: search_main(sys.argv[1:]), prog="trl-erprm search"))

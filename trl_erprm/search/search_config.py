@@ -27,8 +27,9 @@ class SearchConfig:
             The PRM (folder or Hub id).
         dataset_config (`str`, *optional*):
             Hub dataset configuration.
-        dataset_split (`str`, *optional*, defaults to `"test"`):
-            Split to evaluate (a single data file is the `"train"` split: pass `--dataset_split train`).
+        dataset_split (`str`, *optional*):
+            Split to evaluate. By default the only split there is (a local data file is the `"train"` split); a
+            dataset with several splits (most Hub datasets) needs it, e.g. `--dataset_split test`.
         max_problems (`int`, *optional*):
             Evaluate only the first `max_problems` problems.
         prompt_column (`str`, *optional*, defaults to `"prompt"`):
@@ -125,7 +126,9 @@ class SearchConfig:
     generator_model: str = field(metadata={"help": "The policy that generates steps (folder or Hub id)."})
     prm_model: str = field(metadata={"help": "The PRM (folder or Hub id)."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
-    dataset_split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    dataset_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate (default: the only split; a local data file's is 'train')."}
+    )
     max_problems: int | None = field(default=None, metadata={"help": "Evaluate only the first problems."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column of the problem text."})
     gold_column: str = field(default="gold_answer", metadata={"help": "Column of the gold answer."})
