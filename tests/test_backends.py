@@ -306,6 +306,7 @@ def test_prefix_shared_equals_per_rollout_token_for_token_in_float64(float64_lm,
     alone = TransformersBackend(float64_lm, tokenizer=tokenizer, batch_size=4, share_prefix=False)
     seeds = [11, 12, 13, 12]
     got, expected = (b.generate_completions(SHARED, 6, sampling, seeds) for b in (shared, alone))
+    assert shared._decoder.shares_attention()  # the prompt's keys and values were kept once, not copied
     assert got == expected
     assert got[1] == got[3]  # the same prompt and seed: the same samples
     reasons = {c.finish_reason for row in got for c in row}
@@ -356,19 +357,49 @@ def test_prefix_shared_logits_equal_per_rollout_logits_in_float32(causal_lm_path
     assert torch.allclose(after_shared, after_alone, atol=1e-5, rtol=0)
 
 
-def test_preallocated_cache_equals_the_dynamic_cache(float64_lm, tokenizer):
-    """The decoder's cache layers append in place into reserved room; `transformers`' `DynamicLayer` concatenates.
-    Same samples, token for token (float64), with rows dropped from the batch on the way."""
+def test_every_way_of_sharing_a_prompt_gives_the_same_samples(float64_lm, tokenizer):
+    """Shared-prefix attention (the prompt's keys and values once, two softmaxes merged), the prompt's cache copied to
+    its samples in preallocated layers, and in `transformers`' own `DynamicLayer` (which concatenates at every step):
+    the same samples, token for token (float64), with rows dropped from the batch on the way."""
+    from trl_erprm._compat import attention_implementation
+    from transformers.cache_utils import DynamicLayer
+
     from trl_erprm.labeling._decode import ChunkDecoder, _PreallocatedLayer
 
     backend = TransformersBackend(float64_lm, tokenizer=tokenizer, batch_size=64)
-    assert any(isinstance(layer, _PreallocatedLayer) for layer in backend._decoder.new_cache().layers)
     sampling = Sampling(temperature=1.0, top_p=1.0, max_tokens=40)
-    preallocated = backend.generate_completions(SHARED, 5, sampling, seeds=[1, 2, 3, 4])
-    backend._decoder = ChunkDecoder(float64_lm, tokenizer, backend.eos_token_ids, backend.pad_token_id, False)
-    assert not any(isinstance(layer, _PreallocatedLayer) for layer in backend._decoder.new_cache().layers)
-    assert backend.generate_completions(SHARED, 5, sampling, seeds=[1, 2, 3, 4]) == preallocated
-    assert any(c.finish_reason == "eos" for row in preallocated for c in row)  # rows were dropped on the way
+    shared = backend.generate_completions(SHARED, 5, sampling, seeds=[1, 2, 3, 4])
+    assert backend._decoder.shares_attention() and attention_implementation(float64_lm) == "sdpa"  # restored
+    assert any(c.finish_reason == "eos" for row in shared for c in row)  # rows were dropped on the way
+    for preallocate, layer_class in ((True, _PreallocatedLayer), (False, DynamicLayer)):
+        decoder = ChunkDecoder(float64_lm, tokenizer, backend.eos_token_ids, backend.pad_token_id, preallocate, False)
+        assert not decoder.shares_attention()
+        assert {type(layer) for layer in decoder.new_cache().layers} == {layer_class}
+        backend._decoder = decoder
+        assert backend.generate_completions(SHARED, 5, sampling, seeds=[1, 2, 3, 4]) == shared
+
+
+def test_shared_prefix_attention_is_used_only_where_it_gives_the_same_logits(tokenizer, causal_lm_path):
+    """A model with sliding-window layers keeps the copied prefix (its cache layers are not plain full attention); a
+    model running `eager` attention shares the prefix and gets `eager` back after every call."""
+    from transformers import AutoModelForCausalLM
+
+    from trl_erprm._compat import attention_implementation
+    from trl_erprm.tiny import build_tiny_model
+
+    sliding = build_tiny_model(tokenizer, "causal_lm")
+    sliding.config.use_sliding_window, sliding.config.sliding_window, sliding.config.max_window_layers = True, 4, 1
+    sliding.config.layer_types = ["full_attention", "sliding_attention"]
+    sliding = AutoModelForCausalLM.from_config(sliding.config).eval()
+    backend = TransformersBackend(sliding, tokenizer=tokenizer, batch_size=8)
+    alone = TransformersBackend(sliding, tokenizer=tokenizer, batch_size=8, share_prefix=False)
+    assert not backend._decoder.shares_attention()
+    assert backend.generate(SHARED, 3, RANDOM, [1, 2, 3, 4]) == alone.generate(SHARED, 3, RANDOM, [1, 2, 3, 4])
+
+    eager = AutoModelForCausalLM.from_pretrained(causal_lm_path, attn_implementation="eager").eval()
+    backend = TransformersBackend(eager, tokenizer=tokenizer, batch_size=8)
+    backend.generate(SHARED, 3, RANDOM, [1, 2, 3, 4])
+    assert backend._decoder.shares_attention() and attention_implementation(eager) == "eager"
 
 
 def test_transformers_backend_serialises_calls_from_threads(causal_lm_path, tokenizer):

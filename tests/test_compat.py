@@ -327,3 +327,11 @@ def test_public_attributes_we_read(recorded, causal_lm_path, tmp_path):
     assert recorded.model.config.name_or_path == causal_lm_path
     plain = recorder(causal_lm_path, tmp_path)
     assert plain.beta == 0.0 and plain.ref_model is None  # beta == 0: no reference model, no reference log-probs
+
+
+def test_attention_implementation_reads_what_set_attn_implementation_sets(causal_lm):
+    from trl_erprm._compat import attention_implementation
+
+    assert attention_implementation(causal_lm) == "sdpa"  # the default on CPU
+    causal_lm.set_attn_implementation("eager")
+    assert attention_implementation(causal_lm) == "eager"
