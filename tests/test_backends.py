@@ -361,9 +361,9 @@ def test_every_way_of_sharing_a_prompt_gives_the_same_samples(float64_lm, tokeni
     """Shared-prefix attention (the prompt's keys and values once, two softmaxes merged), the prompt's cache copied to
     its samples in preallocated layers, and in `transformers`' own `DynamicLayer` (which concatenates at every step):
     the same samples, token for token (float64), with rows dropped from the batch on the way."""
-    from trl_erprm._compat import attention_implementation
     from transformers.cache_utils import DynamicLayer
 
+    from trl_erprm._compat import attention_implementation
     from trl_erprm.labeling._decode import ChunkDecoder, _PreallocatedLayer
 
     backend = TransformersBackend(float64_lm, tokenizer=tokenizer, batch_size=64)
