@@ -309,7 +309,9 @@ class ChunkDecoder:
             expected = self.forward(step, torch.cat([mask[owner], mask.new_ones((4, 1))], 1), position, copied)
             with self._shared_attention(shared):
                 got = self.forward(step, mask.new_ones((4, 1)), position, shared)
-        return bool(torch.allclose(got, expected, rtol=1e-2, atol=1e-2 * float(expected.abs().max()) + 1e-4))
+        # Rounding of another summation order: ~1e-6 of the logits' norm in float32, ~1e-2 in half precision.
+        tolerance = 5e-2 if self.model.dtype in (torch.float16, torch.bfloat16) else 1e-3
+        return bool((got - expected).norm() <= tolerance * expected.norm())
 
     @contextlib.contextmanager
     def _shared_attention(self, cache):

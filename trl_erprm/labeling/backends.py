@@ -384,6 +384,11 @@ class VLLMBackend:
             Whether to run model code from the Hub.
         llm_kwargs (`dict`, *optional*):
             Extra keyword arguments of `vllm.LLM`.
+
+    On vLLM's CPU build, chunked prefill is off unless `llm_kwargs` sets `enable_chunked_prefill`: with per-request
+    seeds, a prefill cut across engine steps makes the CPU engine rewind its CPU random generator, which it cannot
+    ("CPU Generator does not use offset", vLLM 0.32), and the engine dies as soon as a call's prompts exceed one step's
+    token budget.
     """
 
     name = "vllm"
@@ -401,6 +406,7 @@ class VLLMBackend:
     ):
         from accelerate import PartialState
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         kwargs = {
             "model": str(model),
@@ -424,6 +430,8 @@ class VLLMBackend:
                 WORLD_SIZE=str(state.num_processes),
             )
             kwargs["distributed_executor_backend"] = "external_launcher"
+        if current_platform.is_cpu():
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(llm_kwargs or {})
         self.llm = LLM(**kwargs)
 
