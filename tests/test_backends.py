@@ -252,7 +252,9 @@ def test_contract_a_call_larger_than_one_engine_step(backend, tokenizer):
     prefills across steps: `VLLMBackend` turns chunked prefill off there. A `trl vllm-serve` server has no switch for
     it, so the CPU server is left out: see docs/labeling.md.)"""
     if backend.name == "vllm_server":
-        pytest.skip("vLLM's CPU server cuts prefills with per-request seeds and dies; trl vllm-serve cannot turn it off")
+        pytest.skip(
+            "vLLM's CPU server cuts prefills with per-request seeds and dies; trl vllm-serve cannot turn it off"
+        )
     long = " ".join(["Ann has 3 apples and gets 4 more. How many apples does Ann have now?"] * 12)
     prompts = [f"Problem {i}: {long}" for i in range(24)]
     assert sum(len(tokenizer(p)["input_ids"]) for p in prompts) > 4096

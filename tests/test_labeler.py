@@ -668,6 +668,24 @@ def test_rollout_seeds_and_keys_follow_the_prefix_content(answering_lm_path, gsm
         assert ERPRMLabeler(model_name_or_path=answering_lm_path, **{**JOB, **same}).rollout_key(ids, "9") == key
 
 
+def test_a_rollout_cache_shared_by_writers_gives_each_its_own_part(tmp_path):
+    """Two jobs (or ranks) writing one cache at once take different parts; a torn last line is ignored; a third
+    reader sees every complete entry."""
+    first, second = RolloutCache(tmp_path / "cache"), RolloutCache(tmp_path / "cache")
+    assert first.open() == 0 and second.open() == 0
+    first.add({"a": {"outcomes": [1.0], "counts": {}}})
+    second.add({"b": {"outcomes": [0.0, 1.0], "counts": {}}, "a": {"outcomes": [9.0], "counts": {}}})
+    first.close()
+    second.close()
+    parts = sorted(p.name for p in (tmp_path / "cache" / "parts").iterdir())
+    assert parts == ["part-00000.jsonl", "part-00001.jsonl"]
+    with open(tmp_path / "cache" / "parts" / "part-00001.jsonl", "ab") as f:
+        f.write(b'{"key": "c", "outco')  # killed in the middle of a write
+    with RolloutCache(tmp_path / "cache") as third:
+        assert third.loaded == 2 and third.get("a")["outcomes"] == [1.0] and third.get("b")["outcomes"] == [0.0, 1.0]
+        assert third.get("c") is None
+
+
 def test_a_folder_that_is_not_a_rollout_cache_is_refused(answering_lm_path, gsm8k_rows, grader, tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("mine")

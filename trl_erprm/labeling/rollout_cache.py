@@ -77,7 +77,10 @@ class RolloutCache:
             return 0
         tag = self.folder / _TAG_FILE
         with jobs.folder_errors(self.folder, "open the rollout cache"):
-            if self.folder.is_dir() and not tag.is_file() and any(self.folder.iterdir()):
+            # Another process may be creating the same cache right now: its own files are not foreign.
+            names = [p.name for p in self.folder.iterdir()] if self.folder.is_dir() else []
+            foreign = [n for n in names if n != jobs.PARTS and not n.startswith((".lock-", _TAG_FILE))]
+            if foreign and not tag.is_file():
                 raise ValueError(
                     f"{self.folder} is not empty and is not a rollout cache (no {_TAG_FILE}): choose a new or empty "
                     "folder for rollout_cache_dir."
@@ -90,10 +93,12 @@ class RolloutCache:
                         f"The rollout cache {self.folder} has format {found!r}, this version writes "
                         f"{ROLLOUT_CACHE_FORMAT!r}: choose another rollout_cache_dir."
                     )
-            else:
-                jobs.write_json_atomic(tag, {"format": ROLLOUT_CACHE_FORMAT})
-        for record in jobs.read_records(self.folder):
-            self.entries[record["key"]] = record
+            else:  # atomically, through a file of this process's own (several may create the cache at once)
+                staging = tag.with_name(f"{_TAG_FILE}.{os.getpid()}.tmp")
+                staging.write_text(json.dumps({"format": ROLLOUT_CACHE_FORMAT}) + "\n")
+                os.replace(staging, tag)
+        for record in jobs.read_records(self.folder):  # a key two writers stored at once: the first part's wins
+            self.entries.setdefault(record["key"], record)
         self.loaded = len(self.entries)
         self._claim_part()
         return self.loaded
