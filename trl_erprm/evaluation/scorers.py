@@ -335,6 +335,7 @@ def load_scorer(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     prompt_separator: str | None = None,
+    device: str | None = None,
 ):
     """Load a PRM from a folder or Hub id and wrap it in the matching scorer.
 
@@ -378,6 +379,8 @@ def load_scorer(
             Whether to run model code from the Hub.
         prompt_separator (`str`, *optional*):
             LM head only: the text between the prompt and the first step. `None`: the recorded one, else `" "`.
+        device (`str`, *optional*):
+            Where the PRM runs (`"cpu"`, `"cuda"`, `"cuda:1"`...). `None`: CUDA when available, else the CPU.
 
     Returns:
         A scorer with `score(prompts, steps)`.
@@ -387,7 +390,8 @@ def load_scorer(
     if prm_type not in PRM_TYPES:
         raise ValueError(f"prm_type must be one of {PRM_TYPES}, got {prm_type!r}.")
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     given = {
         "step_separator": step_separator,
         "step_tag": step_tag,
@@ -420,6 +424,9 @@ def load_scorer(
             max_length=max_length,
             model_init_kwargs=kwargs,
         )
+        prm.model.to(device)
+        if prm.ref_model is not None:
+            prm.ref_model.to(device)
         return ImplicitPRMScorer(prm, value=implicit_value)
     tokenizer = load_tokenizer(model_name_or_path, trust_remote_code=trust_remote_code)
     if prm_type == "token_classification":
