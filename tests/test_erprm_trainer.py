@@ -388,3 +388,39 @@ def test_compute_soft_metrics_accepts_what_transformers_hands_it():
 def test_eta_none_names_eta(cpu_train_kwargs):
     with pytest.raises(TypeError, match="eta must be a number or one of"):
         _config(cpu_train_kwargs, eta=None)
+
+
+def test_stored_labels_made_at_another_eta_warn_before_being_replaced(
+    token_cls_model, tokenizer, cpu_train_kwargs, tmp_path, caplog
+):
+    """Labeler rows carry `labels` (at the labeler's eta) and `step_outcomes`; the trainer recomputes the labels at
+    ERPRMConfig.eta. Labels made at eta=2 trained at the default eta=1 used to be replaced with an INFO line only."""
+    import json
+    import logging
+
+    outcomes = [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
+    row = {"prompt": "What is 2+3?", "completions": ["2+3=5.", "So 5."], "step_outcomes": outcomes}
+    rows = Dataset.from_list([{**row, "labels": [float(er_label(o, 2.0)) for o in outcomes]}])
+
+    def warnings_for(dataset, eta):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="trl_erprm"):
+            ERPRMTrainer(
+                model=token_cls_model,
+                args=_config(cpu_train_kwargs, eta=eta),
+                train_dataset=dataset,
+                processing_class=tokenizer,
+            )
+        return [r.getMessage() for r in caplog.records if "ERPRMConfig.eta" in r.getMessage()]
+
+    (message,) = warnings_for(rows, 1.0)
+    assert message.startswith("Row 0 step 0: the stored label 0.4772 is not the label at ERPRMConfig.eta=1.0 (0.3574)")
+    assert "drop the 'step_outcomes' column" in message
+    assert warnings_for(rows, 2.0) == []  # the same eta: nothing to say
+    # A labeler dataset records its eta: that is read instead of comparing rows.
+    rows.info.description = json.dumps({"erprm_labeling": {"eta": 2.0}})
+    saved = tmp_path / "labelled"
+    rows.save_to_disk(str(saved))
+    (message,) = warnings_for(Dataset.load_from_disk(str(saved)), 1.0)
+    assert "computed by the labeler at eta=2.0, but ERPRMTrainer recomputes" in message
+    assert warnings_for(Dataset.load_from_disk(str(saved)), 2.0) == []

@@ -33,6 +33,7 @@ __all__ = [
     "STATUS_COLUMN",
     "ERPRMDataCollator",
     "check_hard_labels",
+    "binary_value",
     "check_labelled_rows",
     "drop_failed_rows",
     "map_stepwise_dataset",
@@ -207,6 +208,26 @@ def _is_blank(text: str, separator: str) -> bool:
 
 def _is_real(value: Any) -> bool:
     return isinstance(value, (Real, np.number)) and not isinstance(value, complex)
+
+
+def binary_value(value: Any) -> float | None:
+    """A hard 0/1 label or correctness as a float: `True`/`False`, or a number equal to 0 or 1; else `None`.
+
+    A string (`"False"`), `None`, NaN or any other number is not a hard label: callers raise an error naming the row,
+    never read it with `bool()` (`bool("False")` is `True`).
+
+    Args:
+        value (`Any`):
+            The cell.
+
+    Returns:
+        `float` or `None`: `1.0`, `0.0`, or `None` when `value` is not a hard label.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if _is_real(value) and float(value) in (0.0, 1.0):
+        return float(value)
+    return None
 
 
 def validate_stepwise_dataset(
@@ -393,16 +414,18 @@ def check_hard_labels(dataset: Dataset, name: str = "train") -> None:
             Name of the dataset in messages.
 
     Raises:
-        `ValueError`: For a label that is `None`, NaN, infinite or not a number.
+        `ValueError`: For a label that is not a bool nor a number equal to 0 or 1 (`None`, NaN, a string, a soft label
+        such as 0.7, which `int()` would silently turn into 0).
     """
     if "labels" not in dataset.column_names:
         return
     for i, labels in enumerate(dataset["labels"]):
         for k, label in enumerate(labels or []):
-            if not _is_real(label) or not math.isfinite(float(label)):
+            if binary_value(label) is None:
                 raise ValueError(
                     f"{name} dataset row {i}: field 'labels' step {k} is {label!r}; PRMTrainer needs a 0/1 label per "
-                    "step (bool or int). Fix or drop the row."
+                    "step (bool, or a number equal to 0 or 1). Fix or drop the row; for soft labels in [0, 1] use "
+                    "ERPRMTrainer."
                 )
 
 
