@@ -1,6 +1,7 @@
 """ERPRMTrainer: soft labels end to end, the loss, training, LoRA, metrics, model card and bad input."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -424,3 +425,29 @@ def test_stored_labels_made_at_another_eta_warn_before_being_replaced(
     (message,) = warnings_for(Dataset.load_from_disk(str(saved)), 1.0)
     assert "computed by the labeler at eta=2.0, but ERPRMTrainer recomputes" in message
     assert warnings_for(Dataset.load_from_disk(str(saved)), 2.0) == []
+
+
+def test_steps_holding_the_separator_are_kept_with_one_counting_warning(token_cls_model, tokenizer, cpu_train_kwargs):
+    """Multi-line steps with the default separator "\\n" are legitimate data, but a solution split at "\\n" at inference
+    gives more steps: one warning counts them (a trailing separator splits nothing)."""
+    rows = Dataset.from_list(
+        [
+            {"prompt": "What is 2+3?", "completions": ["2+3=5.\n", "So 5."], "labels": [1.0, 1.0]},
+            {"prompt": "What is 4*2?", "completions": ["4*2\n=8.", "So\n8."], "labels": [1.0, 0.0]},
+            {"prompt": "What is 1+1?", "completions": ["1+1\n=2."], "labels": [1.0]},
+        ]
+    )
+    with pytest.warns(UserWarning, match=r"3 steps in 2 rows of the train dataset contain the step separator '\\n' "
+                      r"\(the first: row 1 step 0\)"):  # fmt: skip
+        trainer = ERPRMTrainer(
+            model=token_cls_model, args=_config(cpu_train_kwargs), train_dataset=rows, processing_class=tokenizer
+        )
+    assert len(trainer.train_dataset) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no step holds "\n\n"
+        ERPRMTrainer(
+            model=token_cls_model,
+            args=_config(cpu_train_kwargs, step_separator="\n\n"),
+            train_dataset=rows,
+            processing_class=tokenizer,
+        )

@@ -382,7 +382,8 @@ class ERPRMTrainer(KeepColumnsMixin, PRMTrainer):
 
     @classmethod
     def _tokenize_soft(cls, dataset: Dataset, tokenizer, args: ERPRMConfig, is_eval: bool, name: str) -> Dataset:
-        validate_stepwise_dataset(dataset, args.step_separator, args.outcomes_column, name=name)
+        step_tag = args.step_tag if args.head == "lm" else ""
+        validate_stepwise_dataset(dataset, args.step_separator, args.outcomes_column, name=name, step_tag=step_tag)
         column = args.outcomes_column
         has_outcomes = column in dataset.column_names
         extra_kwargs = {"eta": args.eta, "outcomes_column": column}
