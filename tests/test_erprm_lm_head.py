@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from trl_erprm import ERPRMConfig, ERPRMTrainer, StepFormat
-from trl_erprm.data import ERPRMDataCollator, lm_head_candidate_ids, tokenize_lm_head_row
+from trl_erprm.data import ERPRMDataCollator, lm_head_candidate_ids, tokenize_lm_head_row, validate_stepwise_dataset
 from trl_erprm.evaluation.bon import bon_main
 from trl_erprm.evaluation.scorers import LMHeadScorer, TokenClassificationScorer, load_scorer
 from trl_erprm.models import PRM_CONFIG_NAME, load_prm_config
@@ -183,6 +183,22 @@ def test_wrong_model_for_the_head_and_bad_config(causal_lm, token_cls_model, tok
         _config(cpu_train_kwargs, step_tag=" ")
     with pytest.raises(ValueError, match="must differ"):
         _config(cpu_train_kwargs, good_token="+", bad_token="+")
+
+
+def test_a_step_holding_the_step_tag_is_an_error(causal_lm, tokenizer, cpu_train_kwargs):
+    """The PRM reads a tag as a step end: a step holding " ки" is two steps at inference but was one in training."""
+    rows = Dataset.from_list(
+        [
+            {"prompt": "What is 2+3?", "completions": ["2+3=5.", "So 5."], "labels": [1.0, 1.0]},
+            {"prompt": "What is 4*2?", "completions": ["4*2=8.", "So ки 8."], "labels": [1.0, 0.0]},
+        ]
+    )
+    with pytest.raises(
+        ValueError, match=r"train dataset row 1: field 'completions' step 1 contains the step tag ' ки'"
+    ):
+        ERPRMTrainer(model=causal_lm, args=_config(cpu_train_kwargs), train_dataset=rows, processing_class=tokenizer)
+    # The same text with a token-classification PRM has no tag: accepted.
+    validate_stepwise_dataset(rows, "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """ERPRMTrainer: soft labels end to end, the loss, training, LoRA, metrics, model card and bad input."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -388,3 +389,65 @@ def test_compute_soft_metrics_accepts_what_transformers_hands_it():
 def test_eta_none_names_eta(cpu_train_kwargs):
     with pytest.raises(TypeError, match="eta must be a number or one of"):
         _config(cpu_train_kwargs, eta=None)
+
+
+def test_stored_labels_made_at_another_eta_warn_before_being_replaced(
+    token_cls_model, tokenizer, cpu_train_kwargs, tmp_path, caplog
+):
+    """Labeler rows carry `labels` (at the labeler's eta) and `step_outcomes`; the trainer recomputes the labels at
+    ERPRMConfig.eta. Labels made at eta=2 trained at the default eta=1 used to be replaced with an INFO line only."""
+    import json
+    import logging
+
+    outcomes = [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
+    row = {"prompt": "What is 2+3?", "completions": ["2+3=5.", "So 5."], "step_outcomes": outcomes}
+    rows = Dataset.from_list([{**row, "labels": [float(er_label(o, 2.0)) for o in outcomes]}])
+
+    def warnings_for(dataset, eta):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="trl_erprm"):
+            ERPRMTrainer(
+                model=token_cls_model,
+                args=_config(cpu_train_kwargs, eta=eta),
+                train_dataset=dataset,
+                processing_class=tokenizer,
+            )
+        return [r.getMessage() for r in caplog.records if "ERPRMConfig.eta" in r.getMessage()]
+
+    (message,) = warnings_for(rows, 1.0)
+    assert message.startswith("Row 0 step 0: the stored label 0.4772 is not the label at ERPRMConfig.eta=1.0 (0.3574)")
+    assert "drop the 'step_outcomes' column" in message
+    assert warnings_for(rows, 2.0) == []  # the same eta: nothing to say
+    # A labeler dataset records its eta: that is read instead of comparing rows.
+    rows.info.description = json.dumps({"erprm_labeling": {"eta": 2.0}})
+    saved = tmp_path / "labelled"
+    rows.save_to_disk(str(saved))
+    (message,) = warnings_for(Dataset.load_from_disk(str(saved)), 1.0)
+    assert "computed by the labeler at eta=2.0, but ERPRMTrainer recomputes" in message
+    assert warnings_for(Dataset.load_from_disk(str(saved)), 2.0) == []
+
+
+def test_steps_holding_the_separator_are_kept_with_one_counting_warning(token_cls_model, tokenizer, cpu_train_kwargs):
+    """Multi-line steps with the default separator "\\n" are legitimate data, but a solution split at "\\n" at inference
+    gives more steps: one warning counts them (a trailing separator splits nothing)."""
+    rows = Dataset.from_list(
+        [
+            {"prompt": "What is 2+3?", "completions": ["2+3=5.\n", "So 5."], "labels": [1.0, 1.0]},
+            {"prompt": "What is 4*2?", "completions": ["4*2\n=8.", "So\n8."], "labels": [1.0, 0.0]},
+            {"prompt": "What is 1+1?", "completions": ["1+1\n=2."], "labels": [1.0]},
+        ]
+    )
+    with pytest.warns(UserWarning, match=r"3 steps in 2 rows of the train dataset contain the step separator '\\n' "
+                      r"\(the first: row 1 step 0\)"):  # fmt: skip
+        trainer = ERPRMTrainer(
+            model=token_cls_model, args=_config(cpu_train_kwargs), train_dataset=rows, processing_class=tokenizer
+        )
+    assert len(trainer.train_dataset) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no step holds "\n\n"
+        ERPRMTrainer(
+            model=token_cls_model,
+            args=_config(cpu_train_kwargs, step_separator="\n\n"),
+            train_dataset=rows,
+            processing_class=tokenizer,
+        )

@@ -214,3 +214,80 @@ def test_end_to_end_generation_and_resume(tmp_path, gsm8k_subset, causal_lm_path
         )
     )
     assert set(again["curves"]) == {"bon_min", "majority", "weighted_majority_min", "pass@n"}
+
+
+def _given(tmp_path, rows, **kwargs):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return BestOfNArguments(
+        dataset_name=_write_jsonl(tmp_path / "given.jsonl", rows),
+        scores_column="scores",
+        correctness_column="correct",
+        aggregations=["min"],
+        num_seeds=1,
+        output_dir=str(tmp_path / "out"),
+        plot=False,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    "row, extra, message",
+    [
+        # 3 scores, 2 correctness values: N was silently capped at 2 and the scores paired with the wrong candidates.
+        ({"scores": [0.1, 0.9, 0.5], "correct": [1, 0]}, {}, "'scores': 3, 'correct': 2"),
+        ({"scores": [0.9], "correct": [0, 1, 1]}, {}, "'scores': 1, 'correct': 3"),  # was an IndexError
+        (
+            {"completions": ["a", "b", "c"], "answers": ["1", "2"], "scores": [0.1, 0.9, 0.8], "correct": [0, 1, 1]},
+            {"answers_column": "answers"},
+            "'completions': 3, 'scores': 3, 'correct': 3, 'answers': 2",
+        ),
+        ({"completions": ["a", "b"], "scores": [0.1, 0.9, 0.8], "correct": [0, 1, 1]}, {}, "'completions': 2"),
+    ],
+)
+def test_per_candidate_columns_of_different_lengths_are_an_error(tmp_path, row, extra, message):
+    rows = [{"prompt": "q", **{k: v[:1] for k, v in row.items()}}, {"prompt": "p", **row}]  # row 0 is consistent
+    with pytest.raises(ValueError, match="Row 1: the per-candidate columns have different lengths") as error:
+        run_best_of_n(_given(tmp_path, rows, **extra))
+    assert message in str(error.value) and "one value per candidate" in str(error.value)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_correctness_must_be_a_bool_or_0_1(tmp_path):
+    """`bool("False")` is True: a string correctness used to count as correct. Ints, floats and bools equal to 0/1
+    give the same result; anything else is an error naming the row, the column and the candidate."""
+    results = []
+    for k, correct in enumerate(([False, True], [0, 1], [0.0, 1.0])):
+        rows = [{"prompt": "p", "scores": [0.9, 0.1], "correct": correct}]
+        report = run_best_of_n(_given(tmp_path / str(k), rows, n_values=[2]))
+        results.append((report["curves"]["bon_min"][2]["mean"], report["curves"]["pass@n"][2]["mean"]))
+    assert results == [(0.0, 1.0)] * 3  # the 0.9 candidate is the wrong one
+    for bad in (["False", "True"], [0.5, 1], [2, 0], [None, 1]):
+        rows = [{"prompt": "p", "scores": [0.9, 0.1], "correct": [1, 1]}, {"prompt": "q", "scores": [0.9, 0.1]}]
+        rows[1]["correct"] = bad
+        with pytest.raises(ValueError, match=f"Row 1: column 'correct' candidate 0 is {bad[0]!r}; correctness must"):
+            run_best_of_n(_given(tmp_path / "bad", rows, n_values=[2], overwrite=True))
+
+
+def test_a_none_score_is_an_error_and_nan_ranks_last(tmp_path):
+    rows = [{"prompt": "p", "scores": [[0.2, None], [0.5]], "correct": [1, 0]}]
+    with pytest.raises(ValueError, match=r"Row 0: column 'scores' candidate 0 is \[0.2, None\]; .* Write NaN"):
+        run_best_of_n(_given(tmp_path / "none", rows))
+    rows = [{"prompt": "p", "scores": [None, 0.5], "correct": [1, 0]}]
+    with pytest.raises(ValueError, match="Row 0: column 'scores' candidate 0 is None"):
+        run_best_of_n(_given(tmp_path / "none_flat", rows))
+    # NaN, the documented value of an unscored candidate, ranks below every real score.
+    rows = [{"prompt": "p", "scores": [[float("nan"), 0.9], [0.5]], "correct": [1, 0]}]
+    report = run_best_of_n(_given(tmp_path / "nan", rows, n_values=[2]))
+    assert report["curves"]["bon_min"][2]["mean"] == 0.0 and report["bad_input"]["candidates_with_nan_scores"] == 1
+
+
+def test_the_command_prints_a_one_line_error(tmp_path, capsys):
+    from trl_erprm.script_utils import run_command
+
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p", "scores": [0.9], "correct": [0, 1, 1]}])
+    argv = ["--dataset_name", data, "--scores_column", "scores", "--correctness_column", "correct"]
+    argv += ["--output_dir", str(tmp_path / "out"), "--plot", "False"]
+    assert run_command(lambda: bon_main(argv), prog="trl-erprm bon") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("trl-erprm bon: error: Row 0: the per-candidate columns have different lengths")
+    assert "Traceback" not in "\n".join(err)

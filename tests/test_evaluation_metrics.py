@@ -10,6 +10,8 @@ from trl_erprm.evaluation.metrics import (
     choose_threshold,
     default_n_values,
     first_error_prediction,
+    graded_problems,
+    grading_timeout_message,
     normalize_answer,
     pick_best,
     processbench_metrics,
@@ -163,3 +165,20 @@ def test_choose_threshold_hand_computed_and_brute_force():
             assert threshold == -neg_t
     with pytest.raises(ValueError, match="items with an error and items without"):
         choose_threshold([[0.5]], [-1])
+
+
+def test_graded_problems_leaves_out_timeouts_and_unparsable_golds():
+    """One rule for bon, search and RAFT: a timeout or an unparsable gold leaves the problem out (counted); an error or
+    a missing answer is a verdict (wrong)."""
+    statuses = [
+        ["correct", "incorrect"],
+        ["incorrect", "timeout"],
+        ["gold_unparsable", "timeout"],
+        ["error", "no_answer"],
+        [],
+        ["timeout", "timeout"],
+    ]
+    kept, left_out = graded_problems(statuses)
+    assert kept == [0, 3, 4]
+    assert left_out == {"problems_gold_unparsable": 1, "problems_with_grading_timeouts": 2}
+    assert "2 problem(s) have a candidate whose grading timed out" in grading_timeout_message(2)

@@ -120,3 +120,55 @@ def test_real_samples_through_a_tiny_prm_and_resume(tmp_path, sample_data, token
     assert part.read_text() == "".join(lines) and resumed["eval"] == report["eval"]
     with pytest.raises(ValueError, match="label_format: 'step_labels' in the folder, 'first_error' now"):
         run_step_eval(StepEvalArguments(**{**vars(args), "label_format": "first_error"}))
+
+
+def test_a_float_label_column_is_read_as_indices(tmp_path):
+    """A label column with one float value is read as floats (-1 becomes -1.0): every item used to be rejected and the
+    run ended with F1 NaN and exit status 0."""
+    items = [dict(ITEMS[0], label=-1.0), *ITEMS[1:]]
+    data = _write_jsonl(tmp_path / "items.jsonl", items)
+    args = StepEvalArguments(
+        dataset_name=data, scores_column="scores", threshold=0.5, output_dir=str(tmp_path / "out")
+    )
+    report = run_step_eval(args)
+    assert report["eval"]["num_items"] == 5 and report["eval"]["f1"] == pytest.approx(4 / 7)
+    assert report["bad_input"]["items_bad_label"] == 0
+
+
+def test_a_run_where_every_item_is_left_out_is_an_error(tmp_path, capsys):
+    from trl_erprm.script_utils import run_command
+
+    data = _write_jsonl(tmp_path / "items.jsonl", [dict(item, label=7) for item in ITEMS])
+    argv = ["--dataset_name", data, "--scores_column", "scores", "--threshold", "0.5"]
+    argv += ["--output_dir", str(tmp_path / "out")]
+    assert run_command(lambda: stepeval_main(argv), prog="trl-erprm stepeval") == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(
+        "trl-erprm stepeval: error: Every one of the 5 eval items was rejected ({'items_bad_label': 5})"
+    )
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "bad, fmt, message",
+    [
+        ({"scores": [0.9, None]}, "first_error", "Row 5: column 'scores' step 1 is None; .* Write NaN"),
+        ({"scores": None}, "first_error", "Row 5: column 'scores' is None, not a list"),
+        ({"label": [float("nan"), 0.0]}, "step_labels", "Row 5: column 'label' step 0 is nan; with --label_format"),
+        ({"label": [1.0, 1.5]}, "step_labels", "Row 5: column 'label' step 1 is 1.5"),
+        ({"label": [1.0]}, "step_labels", "Row 5: column 'label' holds 1 labels for 2 steps in 'steps'"),
+    ],
+)
+def test_values_that_would_be_misread_are_errors_naming_the_row(tmp_path, bad, fmt, message):
+    """A None score used to crash with a TypeError; a NaN step label counted as a good step (NaN < 0.5 is False)."""
+    items = ITEMS if fmt == "first_error" else [dict(it, label=[1.0] * len(it["steps"])) for it in ITEMS]
+    items = [*items, {"problem": "bad", "steps": ["a", "b"], "label": items[0]["label"], "scores": [0.9, 0.2], **bad}]
+    args = StepEvalArguments(
+        dataset_name=_write_jsonl(tmp_path / "items.jsonl", items),
+        scores_column="scores",
+        label_format=fmt,
+        threshold=0.5,
+        output_dir=str(tmp_path / "out"),
+    )
+    with pytest.raises(ValueError, match=message):
+        run_step_eval(args)

@@ -227,7 +227,7 @@ def test_training_and_metrics_identical_to_trls(token_cls_model, tokenizer, cpu_
     }
 
 
-@pytest.mark.parametrize("bad", [float("nan"), None])
+@pytest.mark.parametrize("bad", [float("nan"), None, 0.7, 2.0])  # TRL's int(label) made 0.7 a 0, silently
 def test_a_nan_or_missing_label_names_its_row_and_field(bad, token_cls_model, tokenizer, cpu_train_kwargs):
     rows = Dataset.from_list([ROW, {**ROW, "labels": [1.0, bad]}])
     with pytest.raises(ValueError, match=rf"train dataset row 1: field 'labels' step 1 is {bad}; PRMTrainer needs"):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trl_erprm.labeling.grading import MathVerifyGrader
 from trl_erprm.raft import RAFTConfig, run_raft, select_samples
 from trl_erprm.raft.selection import majority_scores, outcome_scores
 
@@ -203,3 +204,41 @@ def test_outcome_and_majority_scoring_with_conversational_problems(causal_lm_pat
         if report["stopped"]:  # a random policy is never right: outcome scoring keeps 0-scored samples only with top_k
             pytest.fail(report["stopped"])
         assert report["rounds"][1]["selected"] == 6  # 2 per problem
+
+
+class PlantedAnswers(MathVerifyGrader):
+    """The real math-verify grader, graded on planted answers: the j-th sample of the problem with gold `g` (in one
+    `grade` call) is replaced by `PLANTED[g][j]`. A tiny random policy never writes a final answer by itself."""
+
+    PLANTED = {
+        "2": ["\\boxed{9^{9^{9^{9^{9}}}}}", "\\boxed{2}", "\\boxed{3}"],  # a real timeout, twice
+        "3": ["\\boxed{3}", "\\boxed{1}", "\\boxed{1}"],
+        "4": ["\\boxed{1}", "\\boxed{1}", "\\boxed{1}"],
+    }
+
+    def grade(self, completions, golds):
+        seen = {}
+        planted = []
+        for text, gold in zip(completions, golds):
+            j = seen[gold] = seen.get(gold, -1) + 1
+            planted.append(self.PLANTED[gold][j] if gold in self.PLANTED and j < 3 else text)
+        return super().grade(planted, golds)
+
+
+def test_round_statistics_leave_grading_timeouts_out(causal_lm_path, tmp_path):
+    """`sample_accuracy` and `pass_at_n` used to count a timed-out sample as wrong (2/9 and 2/3 here); by bon's rule
+    its problem is left out and counted: 1/6 and 1/2."""
+    records = {}
+
+    def stop_after_score(k, stage, record):
+        records[(k, stage)] = record
+        if (k, stage) == (1, "score"):
+            raise KeyboardInterrupt
+
+    with PlantedAnswers(num_workers=1, timeout=0.5, retry_timeout=0.5) as grader, pytest.raises(KeyboardInterrupt):
+        run_raft(config(tmp_path, scoring="majority"), causal_lm_path, train_problems=TRAIN[:3],
+                 eval_problems=HELD_OUT, grader=grader, on_stage_end=stop_after_score)  # fmt: skip
+    stats = records[(1, "score")]
+    assert stats["sample_accuracy"] == pytest.approx(1 / 6) and stats["pass_at_n"] == pytest.approx(1 / 2)
+    assert stats["problems_with_grading_timeouts"] == 1 and stats["grading_timeouts"] == 1
+    assert stats["problems_gold_unparsable"] == 0

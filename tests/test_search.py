@@ -324,6 +324,21 @@ def test_search_curves_on_crafted_records():
     assert report["num_problems"] == 2 and report["grading"] == {"incorrect": 13, "correct": 19}
 
 
+def test_a_grading_timeout_leaves_the_problem_out_as_in_best_of_n():
+    """Search used to grade a timed-out candidate 0 (wrong) where bon leaves its problem out: one rule now."""
+    good, bad = _cand(0.9, "1", 1.0), _cand(0.8, "2", 0.0)
+    timed_out = {**_cand(0.95, "3", 0.0), "status": "timeout"}  # the grader's reward for a timeout is 0.0
+
+    def run(first):
+        return {"trees": {"2x2#0": {"tokens": 1, "samples": 2, "candidates": [first, good]}}}
+
+    records = [{"index": 0, "runs": [run(bad)]}, {"index": 1, "runs": [run(timed_out)]}]
+    report = search_curves(records, [2], 2, ["beam_search"])
+    assert report["num_problems"] == 1 and report["curves"]["beam_search"][2]["values"] == [1.0]  # problem 0 only
+    assert report["bad_input"]["problems_with_grading_timeouts"] == 1 and report["bad_input"]["grading_timeouts"] == 1
+    assert report["bad_input"]["problems_gold_unparsable"] == 0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Real models: token accounting, resumption, the command line
 # ---------------------------------------------------------------------------------------------------------------------

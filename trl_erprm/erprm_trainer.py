@@ -12,6 +12,7 @@ start from a policy's own LM head.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +37,7 @@ from .data.stepwise import (
     validate_stepwise_dataset,
 )
 from .erprm_config import ERPRMConfig
-from .functional import er_label, lm_head_soft_cross_entropy, soft_cross_entropy, two_token_logits
+from .functional import er_label, lm_head_soft_cross_entropy, resolve_eta, soft_cross_entropy, two_token_logits
 from .model_card import lm_head_snippets
 from .models import load_model, load_tokenizer
 from .prm.prm_trainer import PRMTrainer
@@ -111,6 +112,48 @@ def compute_soft_metrics(eval_pred: EvalPrediction | tuple, threshold: float = 0
         "label_mean": float(np.mean(v)),
         "prob_mean": float(np.mean(p)),
     }
+
+
+def _warn_if_stored_labels_differ(dataset: Dataset, eta: float, column: str, num_rows: int = 8) -> None:
+    """Warn (once per trainer) when the stored `labels` of rows that also carry outcomes are not the labels at `eta`: the trainer
+    recomputes them from the outcomes at `eta`, so labels made at another eta (e.g. `--eta 2` in the labeler) would be
+    replaced in silence. Reads the eta the labeler recorded in `dataset.info.description`, else compares the first
+    `num_rows` rows (cheap on a dataset of any size)."""
+    if "labels" not in dataset.column_names:
+        return
+    fix = (
+        f"Set ERPRMConfig.eta (--eta) to the eta of the stored labels, or drop the '{column}' column "
+        f"(`dataset.remove_columns('{column}')`) to train on the stored labels."
+    )
+    try:
+        recorded = json.loads(dataset.info.description or "{}")["erprm_labeling"]["eta"]
+    except (ValueError, TypeError, KeyError):
+        recorded = None
+    if recorded is not None:
+        if resolve_eta(recorded) != eta:
+            logger.warning(
+                f"The dataset's 'labels' were computed by the labeler at eta={recorded}, but ERPRMTrainer recomputes "
+                f"the labels from '{column}' at ERPRMConfig.eta={eta} and trains on those. {fix}"
+            )
+        return
+    rows = dataset.select(range(min(num_rows, len(dataset)))).select_columns(["labels", column])
+    for i, row in enumerate(rows):
+        labels, outcomes = row["labels"], row[column]
+        if not isinstance(labels, list) or not isinstance(outcomes, list) or len(labels) != len(outcomes):
+            continue  # validate_stepwise_dataset names the row
+        for k, (label, rewards) in enumerate(zip(labels, outcomes)):
+            try:
+                recomputed = float(er_label(np.asarray(rewards, dtype=np.float64), eta))
+                if abs(float(label) - recomputed) <= 1e-4 + 1e-4 * abs(recomputed):
+                    continue
+            except (TypeError, ValueError):
+                continue  # a bad value: validate_stepwise_dataset names it
+            logger.warning(
+                f"Row {i} step {k}: the stored label {float(label):.4g} is not the label at ERPRMConfig.eta={eta} "
+                f"({recomputed:.4g}) that ERPRMTrainer recomputes from '{column}' and trains on: the stored labels "
+                f"were made at another eta. {fix}"
+            )
+            return
 
 
 class ERPRMTrainer(KeepColumnsMixin, PRMTrainer):
@@ -227,6 +270,8 @@ class ERPRMTrainer(KeepColumnsMixin, PRMTrainer):
         column = args.outcomes_column
         use_outcomes = column in train_dataset.column_names
         if "input_ids" not in train_dataset.column_names:
+            if use_outcomes:  # stored step labels (not token labels yet) that the outcomes would replace
+                _warn_if_stored_labels_differ(train_dataset, args.eta, column)
 
             def tokenize(dataset: Dataset, is_eval: bool, name: str) -> Dataset:
                 return self._tokenize_soft(dataset, processing_class, args, is_eval, name)
@@ -337,7 +382,8 @@ class ERPRMTrainer(KeepColumnsMixin, PRMTrainer):
 
     @classmethod
     def _tokenize_soft(cls, dataset: Dataset, tokenizer, args: ERPRMConfig, is_eval: bool, name: str) -> Dataset:
-        validate_stepwise_dataset(dataset, args.step_separator, args.outcomes_column, name=name)
+        step_tag = args.step_tag if args.head == "lm" else ""
+        validate_stepwise_dataset(dataset, args.step_separator, args.outcomes_column, name=name, step_tag=step_tag)
         column = args.outcomes_column
         has_outcomes = column in dataset.column_names
         extra_kwargs = {"eta": args.eta, "outcomes_column": column}

@@ -32,6 +32,7 @@ _import_structure = {
     "stepwise": [
         "STATUS_COLUMN",
         "ERPRMDataCollator",
+        "binary_value",
         "check_hard_labels",
         "check_labelled_rows",
         "drop_failed_rows",
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
     from .stepwise import (
         STATUS_COLUMN,
         ERPRMDataCollator,
+        binary_value,
         check_hard_labels,
         check_labelled_rows,
         drop_failed_rows,

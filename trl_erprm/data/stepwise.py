@@ -33,6 +33,7 @@ __all__ = [
     "STATUS_COLUMN",
     "ERPRMDataCollator",
     "check_hard_labels",
+    "binary_value",
     "check_labelled_rows",
     "drop_failed_rows",
     "map_stepwise_dataset",
@@ -209,8 +210,32 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (Real, np.number)) and not isinstance(value, complex)
 
 
+def binary_value(value: Any) -> float | None:
+    """A hard 0/1 label or correctness as a float: `True`/`False`, or a number equal to 0 or 1; else `None`.
+
+    A string (`"False"`), `None`, NaN or any other number is not a hard label: callers raise an error naming the row,
+    never read it with `bool()` (`bool("False")` is `True`).
+
+    Args:
+        value (`Any`):
+            The cell.
+
+    Returns:
+        `float` or `None`: `1.0`, `0.0`, or `None` when `value` is not a hard label.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if _is_real(value) and float(value) in (0.0, 1.0):
+        return float(value)
+    return None
+
+
 def validate_stepwise_dataset(
-    dataset: Dataset, step_separator: str, outcomes_column: str = "step_outcomes", name: str = "train"
+    dataset: Dataset,
+    step_separator: str,
+    outcomes_column: str = "step_outcomes",
+    name: str = "train",
+    step_tag: str = "",
 ) -> None:
     """Check every stepwise-supervision row before training, raising a `ValueError` that names the row, the field and
     the fix.
@@ -219,7 +244,9 @@ def validate_stepwise_dataset(
     `labels` (one real number in [0, 1] per step) and/or `outcomes_column` (one non-empty list of rewards in [0, 1]
     per step: the labels computed from them then lie in [0, 1] too). A prompt or step made only of whitespace and the
     separator is rejected, and so is a row whose `status` (a labeler column) is not `"ok"` (see
-    [`drop_failed_rows`]).
+    [`drop_failed_rows`]). A step holding the LM head's `step_tag` is rejected (the PRM would read a step end inside
+    it); steps holding the separator (multi-line steps with `"\\n"`) are kept, with one warning that counts them: text
+    split at the separator at inference (search, [`~trl_erprm.PRMReward`]) gives more steps than training saw.
 
     Args:
         dataset ([`~datasets.Dataset`]):
@@ -230,6 +257,8 @@ def validate_stepwise_dataset(
             Name of the rollout-outcomes column.
         name (`str`, *optional*, defaults to `"train"`):
             Name of the dataset in error messages.
+        step_tag (`str`, *optional*, defaults to `""`):
+            The LM head's step tag (`""` for a token-classification PRM).
     """
     columns = dataset.column_names
     missing = [c for c in ("prompt", "completions") if c not in columns]
@@ -251,6 +280,8 @@ def validate_stepwise_dataset(
         + ([outcomes_column] if has_outcomes else [])
         + ([STATUS_COLUMN] if has_status else [])
     )
+    inner_separator = step_separator.strip() or step_separator  # a trailing "\n" splits nothing
+    holding_separator = []  # (row, step) of the steps that hold the separator
     for i, row in enumerate(dataset.select_columns(wanted)):
         where = f"{name} dataset row {i}"
         if has_status and row[STATUS_COLUMN] != "ok":
@@ -277,6 +308,14 @@ def validate_stepwise_dataset(
                     f"{where}: field 'completions' step {k} is empty or only the separator {step_separator!r}; drop "
                     "it or merge it into its neighbour (the trainer appends the separator to each step itself)."
                 )
+            if step_tag and step_tag.strip() and step_tag.strip() in step:
+                raise ValueError(
+                    f"{where}: field 'completions' step {k} contains the step tag {step_tag!r}; the LM-head PRM reads "
+                    "a tag as the end of a step, so this text would be two steps at inference but one in training. "
+                    "Remove the tag from the step text, or train with a step_tag that does not occur in the data."
+                )
+            if inner_separator and inner_separator in step.strip():
+                holding_separator.append((i, k))
         if has_labels:
             labels = row["labels"]
             if not isinstance(labels, list) or len(labels) != len(steps):
@@ -315,6 +354,16 @@ def validate_stepwise_dataset(
                         "the labels computed from it would leave [0, 1] like an invalid 'labels' entry. Grade rollouts "
                         "1 (correct) / 0 (incorrect), e.g. map -1/+1 rewards with (r + 1) / 2."
                     )
+    if holding_separator:
+        i, k = holding_separator[0]
+        rows = len({row for row, _ in holding_separator})
+        warnings.warn(
+            f"{len(holding_separator)} steps in {rows} rows of the {name} dataset contain the step separator "
+            f"{step_separator!r} (the first: row {i} step {k}). Training keeps each as one step, but a solution split "
+            "at the separator at inference (search, PRMReward) gives more steps than training saw. If that is not "
+            "intended, replace the separator inside the steps or train with one that does not occur (e.g. '\\n\\n').",
+            stacklevel=2,
+        )
 
 
 def drop_failed_rows(dataset: Dataset, name: str = "train") -> Dataset:
@@ -393,16 +442,18 @@ def check_hard_labels(dataset: Dataset, name: str = "train") -> None:
             Name of the dataset in messages.
 
     Raises:
-        `ValueError`: For a label that is `None`, NaN, infinite or not a number.
+        `ValueError`: For a label that is not a bool nor a number equal to 0 or 1 (`None`, NaN, a string, a soft label
+        such as 0.7, which `int()` would silently turn into 0).
     """
     if "labels" not in dataset.column_names:
         return
     for i, labels in enumerate(dataset["labels"]):
         for k, label in enumerate(labels or []):
-            if not _is_real(label) or not math.isfinite(float(label)):
+            if binary_value(label) is None:
                 raise ValueError(
                     f"{name} dataset row {i}: field 'labels' step {k} is {label!r}; PRMTrainer needs a 0/1 label per "
-                    "step (bool or int). Fix or drop the row."
+                    "step (bool, or a number equal to 0 or 1). Fix or drop the row; for soft labels in [0, 1] use "
+                    "ERPRMTrainer."
                 )
 
 

@@ -6,7 +6,11 @@ carries scores; grade every candidate with the sandboxed math-verify grader unle
 write each scored problem to `output_dir/parts/` as soon as its chunk is done (a rerun with the same arguments
 resumes); then compute the accuracy curves and write `results.json`, `table.md` and `accuracy_vs_n.png`.
 
-Bad input never stops a run; each case is counted in `results.json["bad_input"]` and handled by one rule:
+Input that would be misread is an error before anything is scored, naming the row, the column and the fix:
+per-candidate columns (candidates, scores, correctness, answers) of different lengths in a row, a correctness that is
+not a bool or a number equal to 0 or 1 (a string `"False"`), a given score that is not a number (`None`; NaN is the
+value of a candidate that could not be scored). Other bad input never stops a run; each case is counted in
+`results.json["bad_input"]` and handled by one rule:
 
 - fewer candidates than N: the problem uses all of its candidates at that N; no candidate at all: wrong at every N;
 - a candidate without steps, or with a NaN step score: its aggregated score is NaN, ranked below every real score
@@ -14,7 +18,8 @@ Bad input never stops a run; each case is counted in `results.json["bad_input"]`
 - steps past the PRM's `max_length` are not scored: the candidate is aggregated over its scored steps;
 - a gold answer math-verify cannot parse (status `gold_unparsable`): the problem is left out of every accuracy;
 - a candidate whose grading timed out (twice: the grader retries with a longer limit) is not a wrong answer: its
-  problem is left out of every accuracy and counted (`problems_with_grading_timeouts`), with a warning;
+  problem is left out of every accuracy and counted (`problems_with_grading_timeouts`), with a warning (one rule with
+  search and RAFT: [`~trl_erprm.evaluation.metrics.graded_problems`]);
 - a grading error (the worker failed on the answer) counts as a wrong answer.
 
 Run `trl-erprm bon --help` (or `python -m trl_erprm.evaluation.bon --help`) for the arguments.
@@ -28,6 +33,7 @@ import os
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from pathlib import Path
 
 import torch
@@ -37,7 +43,7 @@ from ..jobs import JobStore, content_hash, make_manifest
 from ..labeling.answers import extract_final_answer
 from ..labeling.grading import MathVerifyGrader
 from ..steps import STEP_SPLITTERS, StepFormat, split_steps
-from .metrics import default_n_values, normalize_answer, selection_curves
+from .metrics import default_n_values, graded_problems, grading_timeout_message, normalize_answer, selection_curves
 from .report import format_table, plot_curves, write_reports
 from .scorers import load_scorer
 
@@ -301,7 +307,56 @@ def _load_rows(args: BestOfNArguments) -> list[dict]:
             "the right --prompt_column / --gold_column / --candidates_column / ... names."
         )
     keep = [c for c in dict.fromkeys([*needed, args.candidates_column]) if c in dataset.column_names]
-    return [dict(row) for row in dataset.select_columns(keep)]
+    rows = [dict(row) for row in dataset.select_columns(keep)]
+    for i, row in enumerate(rows):
+        _check_row(args, i, row)
+    return rows
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _check_row(args: BestOfNArguments, i: int, row: dict) -> None:
+    """Raise a `ValueError` naming the row, the column and the fix for per-candidate columns that disagree in length
+    or hold values that would be misread (a string correctness, a `None` score)."""
+    from ..data import binary_value
+
+    columns = {}
+    if args.generator_model is not None:
+        columns["generated candidates (--num_candidates)"] = [None] * args.num_candidates
+    elif args.candidates_column in row:
+        columns[args.candidates_column] = row[args.candidates_column]
+    for name in (args.scores_column, args.correctness_column, args.answers_column):
+        if name is not None:
+            columns[name] = row[name]
+    for name, values in columns.items():
+        if values is not None and not isinstance(values, (list, tuple)):
+            raise ValueError(
+                f"Row {i}: column {name!r} is {values!r:.80}, not a list with one value per candidate; fix the row."
+            )
+    sizes = {name: len(values or []) for name, values in columns.items()}
+    if len(set(sizes.values())) > 1:
+        counts = ", ".join(f"{name!r}: {size}" for name, size in sizes.items())
+        raise ValueError(
+            f"Row {i}: the per-candidate columns have different lengths ({counts}); "
+            "each needs exactly one value per candidate, in the same order. Fix the row or drop it (a shorter column "
+            "would silently pair values with the wrong candidates)."
+        )
+    for j, value in enumerate(columns.get(args.correctness_column) or []):
+        if binary_value(value) is None:
+            raise ValueError(
+                f"Row {i}: column {args.correctness_column!r} candidate {j} is {value!r}; correctness must be a bool "
+                "or a number equal to 0 or 1 (a string such as 'False' is not read). Convert the column, e.g. "
+                "`dataset.map(lambda row: {'correct': [c == 'True' for c in row['correct']]})`."
+            )
+    for j, value in enumerate(columns.get(args.scores_column) or []):
+        if not (_is_number(value) or isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)):
+            raise ValueError(
+                f"Row {i}: column {args.scores_column!r} candidate {j} is {value!r:.80}; a score must be a number or a "
+                "list of step scores (numbers). Write NaN for a candidate or step the PRM could not score: it ranks "
+                "below every real score and weighs 0 in weighted voting."
+            )
 
 
 def _generate(args: BestOfNArguments, rows: list[dict], indices: list[int], backend) -> list[list[str]]:
@@ -365,8 +420,10 @@ def _score_chunk(args, rows, indices, candidates_of, scorer, grader) -> list[dic
             if not any(t is not None for t in record_texts):  # scores-only dump: the scores define the steps
                 record["num_steps"] = [len(s) for s in record["step_scores"]]
     if args.correctness_column is not None:
+        from ..data import binary_value
+
         for record in records:
-            record["correct"] = [float(bool(c)) for c in rows[record["index"]][args.correctness_column]]
+            record["correct"] = [binary_value(c) for c in rows[record["index"]][args.correctness_column] or []]
             record["statuses"] = ["given"] * len(record["correct"])
         return records
     to_grade, golds, owners = [], [], []
@@ -528,16 +585,14 @@ def best_of_n_report(records: list[dict], args: BestOfNArguments) -> dict:
     """
     statuses = Counter(s for r in records for s in r["statuses"])
     # A gold math-verify cannot parse, or a candidate whose grading timed out, leaves the problem's accuracy unknown.
-    unparsable = [r for r in records if "gold_unparsable" in r["statuses"]]
-    timed_out = [r for r in records if "timeout" in r["statuses"] and "gold_unparsable" not in r["statuses"]]
-    evaluated = [r for r in records if "gold_unparsable" not in r["statuses"] and "timeout" not in r["statuses"]]
+    kept, left_out = graded_problems([r["statuses"] for r in records])
+    evaluated = [records[i] for i in kept]
     sizes = [len(r["correct"]) for r in evaluated]
     max_n = max([args.num_candidates if args.generator_model else 0, *sizes], default=1)
     n_values = sorted(set(args.n_values)) if args.n_values else default_n_values(max(1, max_n))
     scored = [r for r in evaluated if "step_scores" in r]
     bad = {
-        "problems_gold_unparsable": len(unparsable),
-        "problems_with_grading_timeouts": len(timed_out),
+        **left_out,
         "problems_without_candidates": sum(k == 0 for k in sizes),
         "problems_with_fewer_than_max_n": sum(0 < k < max(n_values) for k in sizes),
         "candidates_without_steps": sum(n == 0 for r in evaluated for n in r["num_steps"]),
@@ -584,11 +639,7 @@ def run_best_of_n(args: BestOfNArguments) -> dict:
         report["arguments"] = asdict(args)
         timed_out = report["bad_input"]["problems_with_grading_timeouts"]
         if timed_out:
-            logger.warning(
-                f"{timed_out} problem(s) have a candidate whose grading timed out (even on the retry with a longer "
-                "limit): they are left out of every accuracy, not counted as wrong. Raise --grading_timeout or "
-                "--grading_num_workers if the machine is loaded."
-            )
+            logger.warning(grading_timeout_message(timed_out))
         out = Path(args.output_dir)
         table = format_table(report["curves"], report["n_values"])
         files = {"results": str(out / "results.json"), "table": str(out / "table.md")}

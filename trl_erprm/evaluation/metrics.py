@@ -120,6 +120,61 @@ def vote(keys: Sequence[str | None], subset: Sequence[int], weights: Sequence[fl
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+#: Grading statuses that are no verdict on a problem, and the count each is reported under: a problem with one of them
+#: among its candidates is left out of every accuracy (Best-of-N, search, RAFT statistics), never read as wrong.
+UNKNOWN_GRADES = {"gold_unparsable": "problems_gold_unparsable", "timeout": "problems_with_grading_timeouts"}
+
+
+def graded_problems(statuses: Sequence[Sequence[str | None]]) -> tuple[list[int], dict[str, int]]:
+    """Which problems have a known accuracy, under the one rule of Best-of-N, search and RAFT.
+
+    A problem whose gold answer math-verify cannot parse (`"gold_unparsable"`), or with a candidate whose grading timed
+    out even on the grader's retry (`"timeout"`), has an unknown accuracy: it is left out of every accuracy (numerator
+    and denominator) and counted. A timeout is never a wrong answer; a grading `"error"` is (the worker failed on that
+    answer).
+
+    Args:
+        statuses (`Sequence[Sequence[str | None]]`):
+            Per problem, the grading status of each candidate (see `GRADE_STATUSES`; `None` for an ungraded one).
+
+    Returns:
+        `tuple[list[int], dict[str, int]]`: The indices of the problems to evaluate, and the counts of those left out
+        (`problems_gold_unparsable`, then `problems_with_grading_timeouts` for the others with a timeout).
+
+    Example:
+
+    ```python
+    >>> graded_problems([["correct"], ["incorrect", "timeout"], ["gold_unparsable", "timeout"]])
+    ([0], {'problems_gold_unparsable': 1, 'problems_with_grading_timeouts': 1})
+    ```
+    """
+    kept, counts = [], dict.fromkeys(UNKNOWN_GRADES.values(), 0)
+    for index, problem in enumerate(statuses):
+        reason = next((UNKNOWN_GRADES[s] for s in UNKNOWN_GRADES if s in problem), None)
+        if reason is None:
+            kept.append(index)
+        else:
+            counts[reason] += 1
+    return kept, counts
+
+
+def grading_timeout_message(num_problems: int) -> str:
+    """The warning of a run that left problems out of its accuracies for grading timeouts (one text for every command).
+
+    Args:
+        num_problems (`int`):
+            Problems left out (`problems_with_grading_timeouts` of [`graded_problems`]).
+
+    Returns:
+        `str`: The message.
+    """
+    return (
+        f"{num_problems} problem(s) have a candidate whose grading timed out (even on the retry with a longer limit): "
+        "they are left out of every accuracy, not counted as wrong. Raise --grading_timeout or --grading_num_workers if "
+        "the machine is loaded."
+    )
+
+
 def default_n_values(max_n: int) -> list[int]:
     """`1, 2, 4, ...` up to `max_n`, plus `max_n` itself when it is not a power of two.
 

@@ -9,12 +9,18 @@ random `calibration_fraction` of the items, which are then left out of the repor
 Stepwise-supervision data (`prompt`, `completions`, per-step `labels`) is accepted with `--label_format step_labels`:
 the first step labelled below 0.5 is the first error ([`stepwise_to_processbench`]).
 
-Bad input, counted in `results.json["bad_input"]`, never stops a run:
+Bad items are counted in `results.json["bad_input"]` and left out:
 
-- an item without steps (or with a step that is not a string), or whose label is not an index of its steps (nor -1): left out;
+- an item without steps (or with a step that is not a string), or whose label is not an index of its steps (nor -1;
+  a whole-number float such as `-1.0` is an index): left out;
 - an item with more scores than steps (a scorer that does not keep the given steps): left out;
 - steps past the PRM's `max_length` are not scored: the prediction uses the scored steps (`-1` if none is below);
 - a NaN step score counts as below the threshold.
+
+Values that would be misread stop the run before scoring, with an error naming the row and the column: a given step
+score that is not a number (`None`: write NaN for an unscored step), and with `step_labels` a label list whose length
+is not the number of steps or a label that is not a bool or a number in [0, 1] (NaN). A run where every item is left
+out is an error too, not a NaN F1.
 
 Scored items are written to `output_dir/parts/` chunk by chunk; a rerun with the same arguments resumes.
 """
@@ -26,6 +32,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 
 import numpy as np
 
@@ -205,9 +212,49 @@ def _load_items(args: StepEvalArguments) -> list[dict]:
                 f"{where} has no column(s) {missing}; its columns are {dataset.column_names}. Pass --problem_column / "
                 "--steps_column / --label_column."
             )
-        for row in dataset.select_columns(needed):
+        for i, row in enumerate(dataset.select_columns(needed)):
+            _check_item(args, f"Split {split!r} row {i}" if split else f"Row {i}", row)
             items.append({"part": part, **{k: row[k] for k in needed}})
     return items
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (Real, np.number)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_item(args: StepEvalArguments, where: str, row: dict) -> None:
+    """Raise a `ValueError` naming the row, the column and the fix for values that would be misread: a score that is
+    not a number (`None`), step labels that do not line up with the steps or are not in [0, 1] (NaN). A dump with
+    fewer scores than steps stays valid (a PRM's `max_length` cut the rest: counted as truncated)."""
+    if args.scores_column:
+        scores = row[args.scores_column]
+        if not isinstance(scores, list):
+            problem = f"is {scores!r:.80}, not a list"
+        else:
+            problem = next((f"step {k} is {v!r:.80}" for k, v in enumerate(scores) if not _is_number(v)), None)
+        if problem is not None:
+            raise ValueError(
+                f"{where}: column {args.scores_column!r} {problem}; give one number per scored step. Write NaN for a "
+                "step the PRM could not score (it counts as below the threshold)."
+            )
+    if args.label_format == "step_labels":
+        labels, steps = row[args.label_column], row[args.steps_column]
+        num_steps = len(steps) if isinstance(steps, list) else 0
+        if not isinstance(labels, list) or len(labels) != num_steps:
+            count = f"{len(labels)} labels" if isinstance(labels, list) else f"{labels!r:.80}"
+            raise ValueError(
+                f"{where}: column {args.label_column!r} holds {count} for {num_steps} steps in "
+                f"{args.steps_column!r}; with --label_format step_labels give exactly one label per step, in step "
+                "order, or drop the row."
+            )
+        for k, value in enumerate(labels):
+            number = float(value) if _is_number(value) or isinstance(value, (bool, np.bool_)) else math.nan
+            if not 0.0 <= number <= 1.0:
+                raise ValueError(
+                    f"{where}: column {args.label_column!r} step {k} is {value!r:.80}; with --label_format "
+                    "step_labels every step label is a bool or a number in [0, 1] (1 = a good step). Fix the row or "
+                    "drop it."
+                )
 
 
 def _item_label(args: StepEvalArguments, value, num_steps: int) -> int | None:
@@ -216,7 +263,8 @@ def _item_label(args: StepEvalArguments, value, num_steps: int) -> int | None:
         if not isinstance(value, (list, tuple)) or len(value) != num_steps:
             return None
         return stepwise_to_processbench(value)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    # A float column holds -1.0 / 2.0 when one value of the column is a float: a whole number is still an index.
+    if isinstance(value, (bool, np.bool_)) or not _is_number(value) or not float(value).is_integer():
         return None
     return int(value) if -1 <= int(value) < num_steps else None
 
@@ -335,6 +383,16 @@ def step_eval_report(records: list[dict], args: StepEvalArguments) -> dict:
             usable.append(r)
     evaluated = [r for r in usable if r["part"] == "eval"]
     calibration = [r for r in usable if r["part"] == "calibration"]
+    for part, kept in (("eval", evaluated), ("calibration", calibration)):
+        total = sum(r["part"] == part for r in records)
+        if total and not kept:
+            reasons = {k: v for k, v in bad.items() if v}
+            raise ValueError(
+                f"Every one of the {total} {part} items was rejected ({reasons}): there is nothing to measure. "
+                f"Check the columns: --label_column {args.label_column!r} with --label_format {args.label_format!r} "
+                "(an index of the first wrong step, -1 for none; or 'step_labels', one label in [0, 1] per step), "
+                f"--steps_column {args.steps_column!r} (a list of step strings)."
+            )
     source = "given"
     if args.threshold is None and not args.calibration_split:
         rng = np.random.default_rng(args.seed)

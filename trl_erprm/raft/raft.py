@@ -315,7 +315,7 @@ class _Run:
         return read_results(self.root / f"round-{k}" / kind)
 
     def score(self, k: int) -> dict:
-        from ..evaluation.metrics import normalize_answer
+        from ..evaluation.metrics import graded_problems, normalize_answer
         from ..labeling.answers import extract_final_answer
 
         samples = self.read(k, "samples")
@@ -347,15 +347,20 @@ class _Run:
         records = self.sharded(
             self.root / f"round-{k}" / "scores", "scores", len(self.train), work, f"RAFT round {k}: scoring"
         )
-        correct = [s == "correct" for r in records.values() for s in r["statuses"] if s is not None]
+        # Bon's rule (graded_problems): a problem with a grading timeout or an unparsable gold is left out, counted.
+        graded = [r["statuses"] for r in records.values() if None not in r["statuses"]]
+        kept, left_out = graded_problems(graded)
+        correct = [[s == "correct" for s in graded[i]] for i in kept]
         return {
-            "sample_accuracy": sum(correct) / len(correct) if correct else None,
-            "pass_at_n": _mean([any(s == "correct" for s in r["statuses"]) for r in records.values()])
-            if correct
-            else None,
+            "sample_accuracy": _mean([c for problem in correct for c in problem]) if correct else None,
+            "pass_at_n": _mean([any(problem) for problem in correct]) if correct else None,
+            **left_out,
+            "grading_timeouts": sum(s == "timeout" for statuses in graded for s in statuses),
         }
 
     def select(self, k: int) -> dict:
+        from ..evaluation.metrics import UNKNOWN_GRADES
+
         c = self.config
         scores = self.read(k, "scores")
         kept = {}
@@ -368,7 +373,10 @@ class _Run:
             "selected": len(chosen),
             "problems_kept": sum(bool(js) for js in kept.values()),
             "mean_selected_score": _mean([scores[i]["scores"][j] for i, j in chosen]),
-            "selected_accuracy": _mean([s == "correct" for s in statuses]) if None not in statuses else None,
+            # A selected sample whose grading timed out is no wrong answer: left out, as the statistics of `score`.
+            "selected_accuracy": _mean([s == "correct" for s in statuses if s not in UNKNOWN_GRADES])
+            if None not in statuses
+            else None,
         }
         if self.state.is_main_process:
             with folder_errors(self.root, "write the selection"):

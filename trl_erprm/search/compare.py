@@ -16,7 +16,9 @@ Per problem and repetition `s` (base seed `derive_seed(seed, s, problem_index)`)
 Methods in the curves: `beam_search`, `dvts`, `best_of_n` (final choice by aggregated PRM score), the same with
 `_weighted` (PRM-weighted vote over answers) and `majority` (plain vote over the Best-of-N candidates). The cost of a
 method at N is the number of tokens it generated for a problem (pruned samples included), averaged over problems.
-A problem whose gold answer cannot be parsed (grading status `gold_unparsable`) is left out, as in Best-of-N.
+A problem whose gold answer cannot be parsed (grading status `gold_unparsable`), or with a candidate whose grading
+timed out (status `timeout`, after the grader's retry), is left out of every accuracy and counted, by the rule of
+Best-of-N ([`~trl_erprm.evaluation.metrics.graded_problems`]): a timeout is never a wrong answer.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..evaluation.bon import aggregate_candidate_scores
+from ..evaluation.metrics import graded_problems
 from ..labeling.backends import derive_seed
 from ..steps import split_by_separator
 from .search import Beam, BeamTree, SearchParams, StepGenerator, StepScorer, run_trees, select_candidate, tree_seed
@@ -311,7 +314,8 @@ def search_curves(records: Sequence[dict], n_values: Sequence[int], beam_width: 
     n_values = check_n_values(n_values, beam_width)
     candidates = [c for r in records for c in _all_candidates(r)]
     statuses = Counter(c["status"] for c in candidates)
-    evaluated = [r for r in records if not any(c["status"] == "gold_unparsable" for c in _all_candidates(r))]
+    kept, left_out = graded_problems([[c["status"] for c in _all_candidates(r)] for r in records])
+    evaluated = [records[i] for i in kept]
     num_seeds = min((len(r["runs"]) for r in records), default=0)
     curves: dict[str, dict[int, dict]] = {}
     tokens: dict[str, dict[int, dict]] = {}
@@ -328,7 +332,7 @@ def search_curves(records: Sequence[dict], n_values: Sequence[int], beam_width: 
         for name, values in cost.items():
             tokens.setdefault(name, {})[n] = _stats(values)
     bad = {
-        "problems_gold_unparsable": len(records) - len(evaluated),
+        **left_out,
         "candidates_without_answer": sum(c["answer"] is None for c in candidates),
         "candidates_without_steps": sum(c["num_steps"] == 0 for c in candidates),
         "candidates_with_nan_scores": sum(any(math.isnan(v) for v in c["step_scores"]) for c in candidates),
