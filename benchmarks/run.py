@@ -171,8 +171,11 @@ def machine(device: str = "cpu") -> dict:
             info[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             info[package] = "not installed"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
-    info["commit"] = commit.stdout.strip() or "unknown"
+    try:  # a bare GPU machine may have no git (or no .git): the results must still be written
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
+        info["commit"] = commit.stdout.strip() or "unknown"
+    except OSError:
+        info["commit"] = "unknown"
     if device == "cuda":
         import torch
 

@@ -214,3 +214,19 @@ def test_labeler_benchmark_rows_have_the_realistic_shapes(bench_labeler, tokeniz
         assert 140 <= len(tokenizer(row["prompt"])["input_ids"]) <= 160
         assert all(30 <= len(tokenizer(step)["input_ids"]) <= 50 for step in row["completions"])
     assert len({r["prompt"] for r in rows}) == 5  # distinct problems: no prefix repeats across rows
+
+
+def test_labeler_benchmark_plain_generate_reproduces_the_backends_sequences(bench_labeler, causal_lm_path, tokenizer):
+    """The labeler-vs-generate baseline does the same work as the labeler: plain `model.generate`, steered by the
+    benchmark's logits processor, produces exactly the backend's sampled sequences (EOS included, none cut short),
+    across chunks of different prompt lengths."""
+    from trl_erprm.labeling.backends import Sampling, TransformersBackend
+
+    backend = TransformersBackend(causal_lm_path, tokenizer=tokenizer, batch_size=4, device="cpu")
+    prompts = [tokenizer(p)["input_ids"] for p in ("Ann has 3 apples.", "What is 7 * 6? Think.", "Q")]
+    completions = backend.generate_completions(prompts, 3, Sampling(1.0, 1.0, 64), seeds=[1, 2, 3])
+    sequences = [(p, c.token_ids) for p, row in zip(prompts, completions) for c in row]
+    reasons = {c.finish_reason for row in completions for c in row}
+    assert reasons == {"eos", "length"}, reasons  # fixed seeds: both kinds of ending occur
+    forced = bench_labeler._forced_generate(backend.model, sequences, {"generation_batch_size": 4})
+    assert forced == [list(ids) for _, ids in sequences]
