@@ -8,13 +8,14 @@
 #    /tmp/site and puts it and the checkout on PYTHONPATH; checks that every requirement of those wheels is met by
 #    what the machine has (a mismatch is printed, not hidden).
 # 2. Prints the versions and nvidia-smi.
-# 3. Runs `benchmarks/run.py --quick --device cuda --only labeler` (that is `bench_labeler.py --quick --device cuda`
+# 3. Runs tests/test_gpu.py (the CUDA paths against the CPU; about a minute), log in $OUT/test_gpu.log.
+# 4. Runs `benchmarks/run.py --quick --device cuda --only labeler` (that is `bench_labeler.py --quick --device cuda`
 #    rendered as a page): a random 12-layer Qwen2 of width 1024 in bfloat16, 8 rows of the issue's shapes (problem
 #    ~150 tokens, 6-10 steps of ~40 tokens, rollouts up to 256 new tokens, N = 8 and 16), 2 repeats, times in wall
 #    seconds with CUDA synchronised; about 3 minutes on an H200. It writes RESULTS_cuda.md and results_cuda.json to
 #    $OUT. The transformers backend only: vLLM's wheel is larger than what a device run may carry (64 MiB), so vLLM
 #    on the GPU is recorded as not measured.
-# Exit status: that of the benchmark (0: it ran; 1: it failed, traceback in the page), 2 without a GPU, 3 when the
+# Exit status: that of the benchmark (0: it ran; 1: it failed, traceback in the page), else that of the tests, 2 without a GPU, 3 when the
 # wheels do not install, 124 when it overran GPU_CHECK_TIMEOUT seconds (default 420).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -124,11 +125,15 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
     echo "gpu_check: no CUDA GPU is visible to torch; nothing measured (run with --dry-run to check the script)"
     exit 2
 fi
+echo "=== tests/test_gpu.py (CUDA against CPU: rollouts, implicit PRM, PRM training in bf16 and scoring)"
+"$PY" -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log"
+tests_status=${PIPESTATUS[0]}
 echo "=== bench_labeler --quick --device cuda (transformers backend)"
 timeout "${GPU_CHECK_TIMEOUT:-420}" "$PY" benchmarks/run.py --quick --device cuda --only labeler \
     --output "$OUT/RESULTS_cuda.md"
 status=$?
 [ "$status" = 124 ] && echo "gpu_check: the benchmark overran ${GPU_CHECK_TIMEOUT:-420} s and was stopped"
-echo "=== gpu_check finished in $(( $(date +%s) - start )) s (status $status); files in $OUT:"
+echo "=== gpu_check finished in $(( $(date +%s) - start )) s (benchmark status $status, tests status $tests_status); files in $OUT:"
 ls -la "$OUT"
+[ "$status" = 0 ] && status=$tests_status
 exit "$status"
