@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trl_erprm.jobs import read_results
 from trl_erprm.labeling.grading import MathVerifyGrader
 from trl_erprm.raft import RAFTConfig, run_raft, select_samples
 from trl_erprm.raft.selection import majority_scores, outcome_scores
@@ -242,3 +243,42 @@ def test_round_statistics_leave_grading_timeouts_out(causal_lm_path, tmp_path):
     assert stats["sample_accuracy"] == pytest.approx(1 / 6) and stats["pass_at_n"] == pytest.approx(1 / 2)
     assert stats["problems_with_grading_timeouts"] == 1 and stats["grading_timeouts"] == 1
     assert stats["problems_gold_unparsable"] == 0
+
+
+class PlantedOutcomes(PlantedAnswers):
+    """Planted answers without a timeout: problem "2" has two correct samples, "3" none, "4" one."""
+
+    PLANTED = {
+        "2": ["\\boxed{2}", "\\boxed{1}", "\\boxed{2}"],
+        "3": ["\\boxed{1}", "\\boxed{1}", "\\boxed{5}"],
+        "4": ["\\boxed{4}", "\\boxed{1}", "\\boxed{1}"],
+    }
+
+
+def run_until_selected(out, policy, grader, problems, **overrides):
+    """One RAFT round stopped once the selection is written; returns (score statistics, selection.json)."""
+    records = {}
+
+    def stop_after_select(k, stage, record):
+        records[(k, stage)] = record
+        if (k, stage) == (1, "select"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_raft(config(out, **overrides), policy, train_problems=problems, eval_problems=HELD_OUT,
+                 grader=grader, on_stage_end=stop_after_select)  # fmt: skip
+    return records[(1, "score")], json.loads((out / "round-1" / "selection.json").read_text())
+
+
+def test_a_problem_without_gold_is_its_own_unparsable_gold_not_its_chunks(causal_lm_path, tmp_path):
+    """One problem without a gold answer used to switch grading off for its whole chunk (every status None, every
+    outcome score NaN): now it alone is `gold_unparsable` and the others of its chunk are graded."""
+    problems = [*TRAIN[:3], {"prompt": "What is 9 + 2?", "gold": None}]  # one chunk of 4
+    with PlantedOutcomes(num_workers=1) as grader:
+        stats, selection = run_until_selected(tmp_path, causal_lm_path, grader, problems, scoring="outcome")
+    scores = read_results(tmp_path / "round-1" / "scores")
+    assert scores[3]["statuses"] == ["gold_unparsable"] * 3 and all(math.isnan(s) for s in scores[3]["scores"])
+    assert scores[0]["statuses"] == ["correct", "incorrect", "correct"] and scores[0]["scores"] == [1.0, 0.0, 1.0]
+    assert stats["problems_gold_unparsable"] == 1
+    assert stats["sample_accuracy"] == pytest.approx(3 / 9) and stats["pass_at_n"] == pytest.approx(2 / 3)
+    assert selection["kept"]["0"] == [0] and selection["kept"]["2"] == [0] and selection["kept"]["3"] == []

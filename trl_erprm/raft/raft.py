@@ -325,9 +325,8 @@ class _Run:
             completions = [samples[i]["completions"] for i in chunk]
             flat = [text for texts in completions for text in texts]
             golds = [self.train[i]["gold"] for i in chunk for _ in samples[i]["completions"]]
-            statuses = [None] * len(flat)
-            if all(g is not None for g in golds):
-                statuses = [r.status for r in self.grading().grade(flat, golds)]
+            # Every sample is graded: a missing gold is that problem's own "gold_unparsable", never its chunk's.
+            statuses = [r.status for r in self.grading().grade(flat, golds)]
             if scorer == "outcome":
                 scores = outcome_scores(statuses)
             elif scorer == "majority":
