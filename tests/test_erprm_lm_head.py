@@ -259,27 +259,55 @@ def test_lora_changes_only_adapter_weights(causal_lm, tokenizer, cpu_train_kwarg
     assert not any("lm_head" in k for k in changed)  # the candidates are read through the frozen LM head
 
 
-def test_gradient_accumulation_matches_one_large_batch(causal_lm_path, tokenizer, cpu_train_kwargs):
-    steps = []
-    for batch_size, accumulation in ((4, 1), (1, 4)):
-        model = AutoModelForCausalLM.from_pretrained(causal_lm_path)
-        args = _config(
-            cpu_train_kwargs,
+UNEVEN_ROWS = [  # 1, 5, 1 and 4 labelled steps: a per-micro-batch mean would weigh the steps of a short row more
+    {"prompt": "What is 1 + 2?", "completions": ["1 + 2 = 3."], "labels": [0.9]},
+    {
+        "prompt": "What is 3 + 4?",
+        "completions": ["3 + 4 = 7.", "So 8.", "The answer is 7.", "Done.", "Ok."],
+        "labels": [0.9, 0.1, 0.8, 0.3, 0.6],
+    },
+    {"prompt": "What is 5 + 6?", "completions": ["5 + 6 = 11."], "labels": [0.2]},
+    {
+        "prompt": "What is 2 + 2?",
+        "completions": ["2 + 2 = 4.", "So 5.", "Hence 4.", "Yes."],
+        "labels": [0.9, 0.1, 0.9, 0.7],
+    },
+]
+
+
+@pytest.mark.parametrize("head", ["token_classification", "lm"])
+def test_gradient_accumulation_matches_one_large_batch(
+    head, causal_lm_path, token_cls_path, tokenizer, cpu_train_kwargs
+):
+    """One SGD step on 4 rows of 1 to 5 steps: batch 4, 2 x 2 accumulated and 1 x 4 accumulated give the same weight
+    update, for both heads (the loss is normalised by the labelled steps of the whole accumulation window)."""
+    from transformers import AutoModelForTokenClassification
+
+    auto, path = (
+        (AutoModelForCausalLM, causal_lm_path) if head == "lm" else (AutoModelForTokenClassification, token_cls_path)
+    )
+    updates = []
+    for batch_size, accumulation in ((4, 1), (2, 2), (1, 4)):
+        args = ERPRMConfig(
+            **cpu_train_kwargs,
+            head=head,
             optim="sgd",
             learning_rate=1.0,
             max_steps=1,
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
         )
-        trainer = ERPRMTrainer(model=model, args=args, train_dataset=_learnable_rows(4), processing_class=tokenizer)
+        trainer = ERPRMTrainer(
+            model=auto.from_pretrained(path), args=args, train_dataset=Dataset.from_list(UNEVEN_ROWS),
+            processing_class=tokenizer,
+        )  # fmt: skip
         trainer.train()
-        steps.append(trainer.model)
-    initial = AutoModelForCausalLM.from_pretrained(causal_lm_path)
-    full = [p - q for p, q in zip(steps[0].parameters(), initial.parameters())]
-    accumulated = [p - q for p, q in zip(steps[1].parameters(), initial.parameters())]
-    assert max(float(s.detach().abs().max()) for s in full) > 1e-4
-    for a, b in zip(full, accumulated):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+        initial = auto.from_pretrained(path)
+        updates.append([(p - q).detach() for p, q in zip(trainer.model.parameters(), initial.parameters())])
+    assert max(float(u.abs().max()) for u in updates[0]) > 1e-4
+    for accumulated in updates[1:]:
+        for a, b in zip(updates[0], accumulated):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -291,3 +291,34 @@ def test_the_command_prints_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("trl-erprm bon: error: Row 0: the per-candidate columns have different lengths")
     assert "Traceback" not in "\n".join(err)
+
+
+def test_implicit_prm_values_vote_with_their_sigmoid(tmp_path):
+    """Scores of an implicit PRM (q values, negative here) summed as they are made the weighted vote pick the answer
+    with the least support; with `prm_type="implicit"` the vote weighs sigmoid(q), and `vote_weight="score"` on
+    negative scores is an error naming the problem and the fix."""
+    rows = [
+        {
+            "prompt": "A",
+            "answers": ["4", "4", "4", "5"],
+            "correct": [1, 1, 1, 0],
+            "q": [[-0.1], [-0.1], [-0.1], [-0.2]],
+        }
+    ]
+    kwargs = {
+        "dataset_name": _write_jsonl(tmp_path / "d.jsonl", rows),
+        "dataset_split": "train",
+        "answers_column": "answers",
+        "correctness_column": "correct",
+        "scores_column": "q",
+        "aggregations": ["min"],
+        "n_values": [4],
+        "plot": False,
+    }
+    report = run_best_of_n(BestOfNArguments(prm_type="implicit", output_dir=str(tmp_path / "a"), **kwargs))
+    assert report["curves"]["weighted_majority_min"][4]["mean"] == 1.0  # "4": 3 x 0.475 > 0.450
+    assert report["curves"]["bon_min"][4]["mean"] == 1.0  # ranking is unchanged: -0.1 > -0.2
+    with pytest.raises(ValueError, match=r"candidate 0 of problem 0 \(aggregation 'min'\) weighs -0.1.*sigmoid"):
+        run_best_of_n(BestOfNArguments(vote_weight="score", output_dir=str(tmp_path / "b"), **kwargs))
+    with pytest.raises(ValueError, match="vote_weight must be 'auto' or one of"):
+        BestOfNArguments(vote_weight="softmax", **kwargs)

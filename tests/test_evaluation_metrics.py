@@ -17,6 +17,7 @@ from trl_erprm.evaluation.metrics import (
     processbench_metrics,
     selection_curves,
     vote,
+    vote_weights,
 )
 
 
@@ -53,6 +54,26 @@ def test_pick_best_and_vote_rules():
     assert vote([None, "b"], [0, 1]) == 1 and vote([None, None], [0, 1]) is None
     assert vote(["a", "b", "b"], [0, 1, 2], weights=[0.9, 0.3, 0.4]) == 0  # 0.9 > 0.7
     assert vote(["a", "b", "b"], [0, 1, 2], weights=[0.9, NAN, 0.4]) == 0  # NaN weighs 0
+
+
+def test_weighted_vote_refuses_negative_weights_and_implicit_values_vote_with_their_sigmoid():
+    """An implicit PRM's q values summed as they are flip the vote: three -0.1 for "4" (-0.3) lose to one -0.2 for
+    "5". Negative weights are refused; sigmoid(q) (the implicit PRM's probability of a correct outcome) is >= 0."""
+    keys, q = ["4", "4", "4", "5"], [-0.1, -0.1, -0.1, -0.2]
+    with pytest.raises(ValueError, match=r"non-negative weights, but candidate 0 weighs -0.1.*'sigmoid'"):
+        vote(keys, range(4), q)
+    assert vote_weights([-0.1, 0.0, NAN, 2.0], "sigmoid")[:2] == [pytest.approx(1 / (1 + math.exp(0.1))), 0.5]
+    assert math.isnan(vote_weights([NAN], "sigmoid")[0]) and vote_weights([-800.0, 800.0], "sigmoid") == [0.0, 1.0]
+    assert vote_weights([0.3], "score") == [0.3]
+    assert vote(keys, range(4), vote_weights(q, "sigmoid")) == 0  # 3 x 0.475 > 0.450
+    with pytest.raises(ValueError, match="Unknown vote weight"):
+        vote_weights(q, "softmax")
+    correct = [[1, 1, 1, 0], [0, 1]]
+    curves = selection_curves(correct, [keys, ["1", "2"]], {"min": [q, [0.2, 0.9]]}, [4], subsets="all",
+                              vote_weight="sigmoid")  # fmt: skip
+    assert curves["weighted_majority_min"][4]["mean"] == 1.0  # "4" in the first problem, "2" in the second
+    with pytest.raises(ValueError, match=r"candidate 1 of problem 1 \(aggregation 'min'\) weighs -0.9"):
+        selection_curves(correct, [keys, ["1", "2"]], {"min": [[0.1] * 4, [0.2, -0.9]]}, [4])
 
 
 def test_default_n_values():

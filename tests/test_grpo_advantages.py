@@ -91,3 +91,19 @@ def test_the_mixin_with_the_grpo_estimator_leaves_grpo_unchanged(causal_lm_path,
 
     with pytest.raises(ValueError, match="Unknown advantage_estimator 'rloo'"):
         Unknown(model=causal_lm_path, reward_funcs=[accuracy_reward], args=args, train_dataset=dataset)
+
+
+def test_the_mixin_on_another_trainer_than_grpo_is_refused_at_construction(causal_lm_path, tmp_path):
+    """On RLOOTrainer (sequence-level loss) the mixin used to build and then fail deep inside TRL with a tensor size
+    mismatch; now construction stops with the reason, before any model is loaded."""
+    from trl import RLOOConfig, RLOOTrainer
+
+    class OnRLOO(ProcessAdvantageMixin, RLOOTrainer):
+        advantage_estimator = "grpo"
+
+    args = RLOOConfig(**{**CPU_GRPO, "output_dir": str(tmp_path)})
+    dataset = Dataset.from_list(math_rows({"What is 2 + 2?": "$4$", "What is 3 * 3?": "$9$"}))
+    with pytest.raises(TypeError, match=r"OnRLOO puts ProcessAdvantageMixin on RLOOTrainer.*sequence-level"):
+        OnRLOO(model=causal_lm_path, reward_funcs=[accuracy_reward], args=args, train_dataset=dataset)
+    with pytest.raises(TypeError, match="trl.GRPOTrainer subclasses only"):
+        ProcessAdvantageMixin.check_process_advantages(object.__new__(OnRLOO))

@@ -317,8 +317,13 @@ def test_prime_single_and_double_forward(update_mode, causal_lm_path, tmp_path, 
 
 
 @pytest.mark.slow
-def test_prime_policy_reference_uses_the_sampling_logps(causal_lm_path, tmp_path, math_dataset):
-    trainer = prime_trainer(causal_lm_path, tmp_path, math_dataset, reference="policy", update_mode="none", **WIDE)
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_prime_policy_reference_uses_the_sampling_logps(temperature, causal_lm_path, tmp_path, math_dataset):
+    """At a GRPO temperature other than 1 the reference is the sampling policy at temperature 1, as the PRM's log-probs
+    are (GRPO's sampling log-probs at temperature 0.5 used to give biased rewards: 0.02 with an identical PRM)."""
+    trainer = prime_trainer(
+        causal_lm_path, tmp_path, math_dataset, reference="policy", update_mode="none", temperature=temperature, **WIDE
+    )
     prm_before = state(trainer.prm.model)
     trainer.train()
 

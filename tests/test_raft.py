@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trl_erprm.jobs import read_results
 from trl_erprm.labeling.grading import MathVerifyGrader
 from trl_erprm.raft import RAFTConfig, run_raft, select_samples
-from trl_erprm.raft.selection import majority_scores, outcome_scores
+from trl_erprm.raft.selection import keepable, majority_scores, outcome_scores
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,14 @@ def test_selection_rules():
     assert select_samples([nan, nan]) == [] and select_samples([0.1], "threshold", threshold=0.5) == []
     assert outcome_scores(["correct", "incorrect", "no_answer", "timeout"])[:3] == [1.0, 0.0, 0.0]
     assert math.isnan(outcome_scores(["timeout"])[0])
-    assert majority_scores(["4", "4", "5", None]) == [0.5, 0.5, 0.25, 0.0]
+    assert majority_scores(["4", "4", "5", None]) == [0.5, 0.5, 0.0, 0.0]  # the majority answer's samples only
+    assert majority_scores(["5", "4", "4", "5"]) == [0.5, 0.0, 0.0, 0.5]  # a tie goes to the answer given first
+    assert majority_scores([None, None]) == [0.0, 0.0]
+    assert keepable("outcome", outcome_scores(["correct", "incorrect", "no_answer", "timeout"])) == [1, 0, 0, 0]
+    assert keepable("majority", [0.5, 0.5, 0.0, 0.0]) == [True, True, False, False]
+    assert keepable("prm", [-0.3, 0.0, nan]) == [True, True, False]
+    with pytest.raises(ValueError, match="Unknown scoring"):
+        keepable("vote", [0.1])
     with pytest.raises(ValueError, match="score_threshold"):
         select_samples([0.1], "threshold")
 
@@ -187,23 +195,12 @@ def test_a_round_that_keeps_nothing_stops_with_a_message(causal_lm_path, token_c
         config(out, prm_model=token_cls_path, selection="threshold", score_threshold=1.5),
         causal_lm_path, train_problems=TRAIN, eval_problems=HELD_OUT,
     )  # fmt: skip
-    assert report["stopped"].startswith("Round 1 kept no sample: selection='threshold', score_threshold=1.5")
+    assert report["stopped"].startswith(
+        "Round 1 kept no sample: scoring='prm', selection='threshold', score_threshold=1.5"
+    )
     assert not (out / "round-1" / "sft").exists() and not (out / "round-1" / "policy").exists()
     assert report["rounds"][1]["selected"] == 0 and len(report["accuracy"]) == 2 and report["accuracy"][1] is None
     assert json.loads((out / "results.json").read_text())["stopped"] == report["stopped"]
-
-
-@pytest.mark.slow
-def test_outcome_and_majority_scoring_with_conversational_problems(causal_lm_path, tmp_path):
-    chat = [{"prompt": [{"role": "user", "content": p["prompt"]}], "gold": p["gold"]} for p in TRAIN[:3]]
-    for scoring in ("majority", "outcome"):
-        report = run_raft(
-            config(tmp_path / scoring, scoring=scoring, selection="top_k", top_k=2), causal_lm_path,
-            train_problems=chat, eval_problems=HELD_OUT,
-        )  # fmt: skip
-        if report["stopped"]:  # a random policy is never right: outcome scoring keeps 0-scored samples only with top_k
-            pytest.fail(report["stopped"])
-        assert report["rounds"][1]["selected"] == 6  # 2 per problem
 
 
 class PlantedAnswers(MathVerifyGrader):
@@ -242,3 +239,89 @@ def test_round_statistics_leave_grading_timeouts_out(causal_lm_path, tmp_path):
     assert stats["sample_accuracy"] == pytest.approx(1 / 6) and stats["pass_at_n"] == pytest.approx(1 / 2)
     assert stats["problems_with_grading_timeouts"] == 1 and stats["grading_timeouts"] == 1
     assert stats["problems_gold_unparsable"] == 0
+
+
+class PlantedOutcomes(PlantedAnswers):
+    """Planted answers without a timeout: problem "2" has two correct samples, "3" none, "4" one."""
+
+    PLANTED = {
+        "2": ["\\boxed{2}", "\\boxed{1}", "\\boxed{2}"],
+        "3": ["\\boxed{1}", "\\boxed{1}", "\\boxed{5}"],
+        "4": ["\\boxed{4}", "\\boxed{1}", "\\boxed{1}"],
+    }
+
+
+def run_until_selected(out, policy, grader, problems, samples=None, **overrides):
+    """One RAFT round stopped once the selection is written; returns (score statistics, selection.json).
+
+    `samples` (problem index -> its N completions) replaces the stored samples once written, as if the policy had
+    sampled them: a tiny random policy never writes a final answer by itself."""
+    records = {}
+
+    def stop_after_select(k, stage, record):
+        records[(k, stage)] = record
+        if (k, stage) == (1, "sample") and samples is not None:
+            for path in (out / "round-1" / "samples" / "parts").glob("part-*.jsonl"):
+                rows = [{**row, "completions": samples[row["index"]]} for row in map(json.loads, path.open())]
+                path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        if (k, stage) == (1, "select"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_raft(config(out, **overrides), policy, train_problems=problems, eval_problems=HELD_OUT,
+                 grader=grader, on_stage_end=stop_after_select)  # fmt: skip
+    return records[(1, "score")], json.loads((out / "round-1" / "selection.json").read_text())
+
+
+def test_a_problem_without_gold_is_its_own_unparsable_gold_not_its_chunks(causal_lm_path, tmp_path):
+    """One problem without a gold answer used to switch grading off for its whole chunk (every status None, every
+    outcome score NaN): now it alone is `gold_unparsable` and the others of its chunk are graded."""
+    problems = [*TRAIN[:3], {"prompt": "What is 9 + 2?", "gold": None}]  # one chunk of 4
+    with PlantedOutcomes(num_workers=1) as grader:
+        stats, selection = run_until_selected(tmp_path, causal_lm_path, grader, problems, scoring="outcome")
+    scores = read_results(tmp_path / "round-1" / "scores")
+    assert scores[3]["statuses"] == ["gold_unparsable"] * 3 and all(math.isnan(s) for s in scores[3]["scores"])
+    assert scores[0]["statuses"] == ["correct", "incorrect", "correct"] and scores[0]["scores"] == [1.0, 0.0, 1.0]
+    assert stats["problems_gold_unparsable"] == 1
+    assert stats["sample_accuracy"] == pytest.approx(3 / 9) and stats["pass_at_n"] == pytest.approx(2 / 3)
+    assert selection["kept"]["0"] == [0] and selection["kept"]["2"] == [0] and selection["kept"]["3"] == []
+
+
+def test_outcome_keeps_correct_samples_only_and_majority_the_majority_answer_only(causal_lm_path, tmp_path):
+    """A wrong answer (outcome score 0.0) used to be "the best" of a problem without a correct sample, and a sample
+    without an answer or with a minority answer was kept by majority scoring: now neither is ever fine-tuned on, and
+    a problem with nothing keepable contributes nothing (counted)."""
+    chat = [{"prompt": [{"role": "user", "content": p["prompt"]}], "gold": p["gold"]} for p in TRAIN[:3]]
+    with PlantedOutcomes(num_workers=1) as grader:
+        _, outcome = run_until_selected(
+            tmp_path / "outcome", causal_lm_path, grader, chat, scoring="outcome", selection="top_k", top_k=3
+        )
+    assert outcome["kept"] == {"0": [0, 2], "1": [], "2": [0]}
+    assert outcome["selected"] == 3 and outcome["problems_kept"] == 2 and outcome["problems_with_nothing_kept"] == 1
+    assert outcome["mean_selected_score"] == 1.0 and outcome["selected_accuracy"] == 1.0
+
+    samples = {
+        0: ["so \\boxed{7}", "no answer here", "it is \\boxed{7}"],
+        1: ["\\boxed{5}", "\\boxed{1}", "\\boxed{1}"],
+        2: ["one", "two", "three"],
+    }
+    with MathVerifyGrader(num_workers=1) as grader:
+        _, majority = run_until_selected(
+            tmp_path / "majority", causal_lm_path, grader, TRAIN[:3], samples, scoring="majority", selection="top_k",
+            top_k=3,
+        )  # fmt: skip
+    assert majority["kept"] == {"0": [0, 2], "1": [1, 2], "2": []}
+    assert majority["problems_with_nothing_kept"] == 1
+    assert majority["mean_selected_score"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.slow
+def test_outcome_scoring_fine_tunes_on_the_correct_samples_of_conversational_problems(causal_lm_path, tmp_path):
+    chat = [{"prompt": [{"role": "user", "content": p["prompt"]}], "gold": p["gold"]} for p in TRAIN[:3]]
+    with PlantedOutcomes(num_workers=1) as grader:
+        report = run_raft(
+            config(tmp_path, scoring="outcome", selection="top_k", top_k=2), causal_lm_path, train_problems=chat,
+            eval_problems=HELD_OUT, grader=grader,
+        )  # fmt: skip
+    assert report["stopped"] is None, report["stopped"]
+    assert report["rounds"][1]["selected"] == 3 and report["rounds"][1]["train_rows"] == 3  # 2 + 0 + 1 correct

@@ -140,6 +140,10 @@ def test_beam_search_keeps_the_hand_checked_beams():
     assert select_candidate(scores, answers, "score") == 5  # A0by, 0.85
     assert select_candidate(scores, answers, "weighted_vote") == 0  # "5": .7 + .85 = 1.55 > "7": .6 + .4 + .1 + .2
     assert select_candidate(scores, answers, "majority") == 1  # "7": 4 votes, first member A3a
+    q = [-0.1, -0.1, -0.1, -0.2]  # an implicit PRM's values: summed as they are, "5" (-0.2) would beat "4" (-0.3)
+    with pytest.raises(ValueError, match="non-negative weights"):
+        select_candidate(q, ["4", "4", "4", "5"], "weighted_vote")
+    assert select_candidate(q, ["4", "4", "4", "5"], "weighted_vote", vote_weight="sigmoid") == 0
 
 
 def test_beam_search_with_min_aggregation_keeps_other_beams():

@@ -19,6 +19,8 @@ _import_structure = {
         "score_problems",
     ],
     "metrics": [
+        "VOTE_WEIGHTS",
+        "check_vote_weights",
         "choose_threshold",
         "default_n_values",
         "first_error_prediction",
@@ -27,8 +29,10 @@ _import_structure = {
         "normalize_answer",
         "pick_best",
         "processbench_metrics",
+        "resolve_vote_weight",
         "selection_curves",
         "vote",
+        "vote_weights",
     ],
     "scorers": ["PRM_TYPES", "ImplicitPRMScorer", "LMHeadScorer", "TokenClassificationScorer", "load_scorer"],
     "stepeval": ["StepEvalArguments", "run_step_eval", "stepeval_main", "stepwise_to_processbench"],
@@ -44,6 +48,8 @@ if TYPE_CHECKING:
         score_problems,
     )
     from .metrics import (
+        VOTE_WEIGHTS,
+        check_vote_weights,
         choose_threshold,
         default_n_values,
         first_error_prediction,
@@ -52,8 +58,10 @@ if TYPE_CHECKING:
         normalize_answer,
         pick_best,
         processbench_metrics,
+        resolve_vote_weight,
         selection_curves,
         vote,
+        vote_weights,
     )
     from .scorers import PRM_TYPES, ImplicitPRMScorer, LMHeadScorer, TokenClassificationScorer, load_scorer
     from .stepeval import StepEvalArguments, run_step_eval, stepeval_main, stepwise_to_processbench

@@ -43,7 +43,14 @@ from ..jobs import JobStore, content_hash, make_manifest
 from ..labeling.answers import extract_final_answer
 from ..labeling.grading import MathVerifyGrader
 from ..steps import STEP_SPLITTERS, StepFormat, split_steps
-from .metrics import default_n_values, graded_problems, grading_timeout_message, normalize_answer, selection_curves
+from .metrics import (
+    default_n_values,
+    graded_problems,
+    grading_timeout_message,
+    normalize_answer,
+    resolve_vote_weight,
+    selection_curves,
+)
 from .report import format_table, plot_curves, write_reports
 from .scorers import load_scorer
 
@@ -144,6 +151,10 @@ class BestOfNArguments:
             Values of N; default `1, 2, 4, ...` up to the largest candidate count.
         num_seeds (`int`, *optional*, defaults to `5`):
             Random candidate subsets per problem and N; the table shows mean and standard deviation over them.
+        vote_weight (`str`, *optional*, defaults to `"auto"`):
+            Weight of a candidate in `weighted_majority_<agg>` (`metrics.VOTE_WEIGHTS`): `"score"` (its aggregated
+            score, a probability), `"sigmoid"` (the sigmoid of an implicit PRM's value) or `"auto"` (`"sigmoid"` with
+            `prm_type="implicit"`, else `"score"`). A negative weight is an error.
         seed (`int`, *optional*, defaults to `0`):
             Seed of generation and of the subset draws.
         grading_num_workers (`int`, *optional*, defaults to `1`):
@@ -208,6 +219,10 @@ class BestOfNArguments:
     )
     n_values: list[int] | None = field(default=None, metadata={"help": "Values of N (default powers of two)."})
     num_seeds: int = field(default=5, metadata={"help": "Random subsets per problem and N."})
+    vote_weight: str = field(
+        default="auto",
+        metadata={"help": "Weighted vote: 'score', 'sigmoid' (implicit PRM values) or 'auto' (sigmoid if implicit)."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed of generation and subset draws."})
     grading_num_workers: int = field(default=1, metadata={"help": "Grader worker processes."})
     grading_timeout: float = field(default=5.0, metadata={"help": "Seconds allowed to grade one answer."})
@@ -222,6 +237,7 @@ class BestOfNArguments:
             raise ValueError(f"aggregations {unknown or '[]'} invalid; choose from {sorted(STEP_AGGREGATIONS)}.")
         if self.split_method not in STEP_SPLITTERS:
             raise ValueError(f"split_method must be one of {sorted(STEP_SPLITTERS)}, got {self.split_method!r}.")
+        resolve_vote_weight(self.vote_weight, False)  # an unknown one is an error now, not at report time
         if self.generation_backend not in ("transformers", "vllm"):
             raise ValueError(f"generation_backend must be 'transformers' or 'vllm', got {self.generation_backend!r}.")
         if self.prm_model is None and self.scores_column is None:
@@ -245,6 +261,7 @@ class BestOfNArguments:
             "aggregations",
             "n_values",
             "num_seeds",
+            "vote_weight",
             "prm_batch_size",
             "generation_batch_size",
             "grading_num_workers",
@@ -608,7 +625,8 @@ def best_of_n_report(records: list[dict], args: BestOfNArguments) -> dict:
     voting = all(r.get("has_text", True) for r in evaluated)
     keys = [[normalize_answer(a) for a in r["answers"]] for r in evaluated]
     scores = {agg: [aggregate_candidate_scores(r["step_scores"], agg) for r in evaluated] for agg in args.aggregations}
-    curves = selection_curves(correct, keys, scores, n_values, args.num_seeds, args.seed)
+    weight = resolve_vote_weight(args.vote_weight, implicit=args.prm_type == "implicit")
+    curves = selection_curves(correct, keys, scores, n_values, args.num_seeds, args.seed, vote_weight=weight)
     if not voting:
         curves = {k: v for k, v in curves.items() if "majority" not in k}
     return {

@@ -85,6 +85,90 @@ def pick_best(scores: Sequence[float], subset: Sequence[int]) -> int:
     return best
 
 
+def _sigmoid(x: float) -> float:
+    return x if math.isnan(x) else 0.5 * (1.0 + math.tanh(0.5 * x))  # sigmoid, without overflow
+
+
+#: How a candidate's aggregated PRM score becomes its weight in a weighted vote (weights must be >= 0):
+#: `"score"`, the score itself (a probability: token-classification and LM-head PRMs); `"sigmoid"`, `sigmoid(score)`,
+#: for an implicit PRM's values (`q = beta * log pi/pi_ref`, unbounded): the implicit PRM is trained with a
+#: cross-entropy on `sigmoid(beta * log pi/pi_ref)` against the outcome (arXiv:2412.01981, Eq. 3 and section 3.1), so
+#: `sigmoid(q)` is its probability that the solution is correct.
+VOTE_WEIGHTS = {"score": lambda score: score, "sigmoid": _sigmoid}
+
+
+def vote_weights(scores: Sequence[float], how: str = "score") -> list[float]:
+    """Weights of a weighted vote from aggregated PRM scores ([`VOTE_WEIGHTS`]; NaN stays NaN, which weighs 0).
+
+    Args:
+        scores (`Sequence[float]`):
+            One aggregated score per candidate.
+        how (`str`, *optional*, defaults to `"score"`):
+            A key of [`VOTE_WEIGHTS`]: `"score"` or `"sigmoid"` (an implicit PRM's values).
+
+    Returns:
+        `list[float]`: One weight per candidate.
+
+    Raises:
+        `ValueError`: An unknown `how`.
+
+    Example:
+
+    ```python
+    >>> vote_weights([-0.1, 0.0, 2.0], "sigmoid")
+    [0.47502081252106, 0.5, 0.8807970779778824]
+    ```
+    """
+    if how not in VOTE_WEIGHTS:
+        raise ValueError(f"Unknown vote weight {how!r}; choose one of {sorted(VOTE_WEIGHTS)}.")
+    return [VOTE_WEIGHTS[how](float(s)) for s in scores]
+
+
+def resolve_vote_weight(vote_weight: str, implicit: bool) -> str:
+    """The vote weight a run uses: `"auto"` is `"sigmoid"` for an implicit PRM (unbounded values), else `"score"`.
+
+    Args:
+        vote_weight (`str`):
+            `"auto"` or a key of [`VOTE_WEIGHTS`].
+        implicit (`bool`):
+            Whether the scores are an implicit PRM's values.
+
+    Returns:
+        `str`: A key of [`VOTE_WEIGHTS`].
+
+    Raises:
+        `ValueError`: Anything else.
+    """
+    if vote_weight == "auto":
+        return "sigmoid" if implicit else "score"
+    if vote_weight not in VOTE_WEIGHTS:
+        raise ValueError(f"vote_weight must be 'auto' or one of {sorted(VOTE_WEIGHTS)}, got {vote_weight!r}.")
+    return vote_weight
+
+
+def check_vote_weights(weights: Sequence[float], where: str = "") -> None:
+    """Refuse a negative weight: a weighted vote sums weights, and a negative one (an implicit PRM's `q`, a log-prob)
+    would count against its answer, so that the answer with the most (negative) support loses.
+
+    Args:
+        weights (`Sequence[float]`):
+            One weight per candidate (NaN allowed: it weighs 0).
+        where (`str`, *optional*, defaults to `""`):
+            Where the weights come from, for the message (e.g. `"problem 3, aggregation 'min'"`).
+
+    Raises:
+        `ValueError`: A negative weight, naming the candidate and the fix.
+    """
+    for i, w in enumerate(weights):
+        if w < 0:  # NaN < 0 is False
+            raise ValueError(
+                f"Weighted voting needs non-negative weights, but candidate {i}{' of ' + where if where else ''} "
+                f"weighs {w}: a negative score counts against its answer. For an implicit PRM's values (q, step "
+                "rewards) vote with their sigmoid (vote_weights(scores, 'sigmoid'), `--vote_weight sigmoid`, the "
+                "default with `--prm_type implicit`); otherwise convert the scores to probabilities."
+            )
+
+
 def vote(keys: Sequence[str | None], subset: Sequence[int], weights: Sequence[float] | None = None) -> int | None:
     """Majority (or weighted-majority) vote over answer keys; returns a representative candidate of the winner.
 
@@ -94,12 +178,18 @@ def vote(keys: Sequence[str | None], subset: Sequence[int], weights: Sequence[fl
         subset (`Sequence[int]`):
             Candidate indices that vote.
         weights (`Sequence[float]`, *optional*):
-            Weight of each candidate's vote (e.g. its PRM score); NaN weighs 0. Plain majority when `None`.
+            Weight of each candidate's vote, `>= 0` (e.g. its PRM score as a probability, see [`vote_weights`]); NaN
+            weighs 0. Plain majority when `None`.
 
     Returns:
         `int` or `None`: The lowest-index member of the winning group, or `None` if no candidate of the subset has an
         answer.
+
+    Raises:
+        `ValueError`: A negative weight in the subset ([`check_vote_weights`]).
     """
+    if weights is not None:
+        check_vote_weights(weights)
     totals: dict[str, float] = {}
     first: dict[str, int] = {}
     for i in sorted(subset):
@@ -191,8 +281,8 @@ def default_n_values(max_n: int) -> list[int]:
     return values
 
 
-def _problem_outcomes(correct, keys, scores: dict, subset: list[int]) -> dict[str, float]:
-    """Correctness of every method on one subset of one problem's candidates."""
+def _problem_outcomes(correct, keys, scores: dict, weights: dict, subset: list[int]) -> dict[str, float]:
+    """Correctness of every method on one subset of one problem's candidates (`weights`: the vote weights)."""
     if not subset:
         return dict.fromkeys(_method_names(scores), 0.0)
     out = {"pass@n": float(max(correct[i] for i in subset))}
@@ -200,7 +290,7 @@ def _problem_outcomes(correct, keys, scores: dict, subset: list[int]) -> dict[st
     out["majority"] = 0.0 if winner is None else float(correct[winner])
     for agg, values in scores.items():
         out[f"bon_{agg}"] = float(correct[pick_best(values, subset)])
-        winner = vote(keys, subset, values)
+        winner = vote(keys, subset, weights[agg])
         out[f"weighted_majority_{agg}"] = 0.0 if winner is None else float(correct[winner])
     return out
 
@@ -218,6 +308,7 @@ def selection_curves(
     num_seeds: int = 5,
     seed: int = 0,
     subsets: str = "random",
+    vote_weight: str = "score",
 ) -> dict[str, dict[int, dict]]:
     """Accuracy at each N of Best-of-N per aggregation, majority vote, weighted majority per aggregation and pass@N.
 
@@ -241,10 +332,17 @@ def selection_curves(
             Base seed of the subset draws.
         subsets (`str`, *optional*, defaults to `"random"`):
             `"random"` or `"all"` (exhaustive).
+        vote_weight (`str`, *optional*, defaults to `"score"`):
+            How `weighted_majority_<agg>` weighs a candidate ([`VOTE_WEIGHTS`]): `"score"` (a probability) or
+            `"sigmoid"` (an implicit PRM's values). Best-of-N ranks the scores themselves.
 
     Returns:
         `dict[str, dict[int, dict]]`: `{method: {N: {"mean": float, "std": float, "values": list[float]}}}` with
         methods `bon_<agg>`, `majority`, `weighted_majority_<agg>` and `pass@n`.
+
+    Raises:
+        `ValueError`: Unknown `subsets` or `vote_weight`, `num_seeds < 1`, or a negative vote weight (naming the
+            problem, the candidate and the aggregation).
     """
     if subsets not in ("random", "all"):
         raise ValueError(f"subsets must be 'random' or 'all', got {subsets!r}.")
@@ -254,6 +352,10 @@ def selection_curves(
     if n_values is None:
         n_values = default_n_values(max(sizes, default=1))
     names = _method_names(scores)
+    weights = {agg: [vote_weights(problem, vote_weight) for problem in values] for agg, values in scores.items()}
+    for agg, values in weights.items():
+        for p, problem in enumerate(values):
+            check_vote_weights(problem, f"problem {p} (aggregation {agg!r})")
     curves: dict[str, dict[int, dict]] = {name: {} for name in names}
     for n in n_values:
         draws = num_seeds if subsets == "random" else 1
@@ -268,8 +370,9 @@ def selection_curves(
                 else:
                     combos = [sorted(rng.choice(k, size=size, replace=False).tolist()) if k else []]
                 problem_scores = {agg: values[p] for agg, values in scores.items()}
+                problem_weights = {agg: values[p] for agg, values in weights.items()}
                 for combo in combos:
-                    outcome = _problem_outcomes(correct[p], keys[p], problem_scores, combo)
+                    outcome = _problem_outcomes(correct[p], keys[p], problem_scores, problem_weights, combo)
                     for name in names:
                         totals[name] += outcome[name] / len(combos)
             for name in names:

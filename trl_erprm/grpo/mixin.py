@@ -22,6 +22,7 @@ a run on 1. Evaluation batches keep GRPO's advantages.
 from __future__ import annotations
 
 import torch
+from trl import GRPOTrainer
 
 from .._compat import GRPOTrainerHooks, Rollout, log_metric, per_token_logps, read_rollout, set_advantages
 from .._compat import takes_token_advantages as _takes_token_advantages
@@ -51,12 +52,19 @@ class ProcessAdvantageMixin(GRPOTrainerHooks):
     advantage_estimator = "grpo"
     metric_prefix = ""
 
+    def __init__(self, *args, **kwargs):
+        _check_grpo_trainer(self)  # before the parent loads any model
+        super().__init__(*args, **kwargs)
+
     def check_process_advantages(self) -> None:
-        """Check that the estimator exists and that the trainer's loss takes token-level advantages.
+        """Check that the trainer is a `GRPOTrainer`, that the estimator exists and that the trainer's loss takes
+        token-level advantages.
 
         Raises:
+            TypeError: The trainer is no `trl.GRPOTrainer` (e.g. `trl.RLOOTrainer`, whose loss is sequence-level).
             ValueError: Unknown estimator, or the Liger GRPO loss of trl 1.13 (it takes `(B,)` advantages only).
         """
+        _check_grpo_trainer(self)
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(
                 f"Unknown advantage_estimator {self.advantage_estimator!r}; known: {sorted(ADVANTAGE_ESTIMATORS)}."
@@ -197,3 +205,15 @@ class ProcessAdvantageMixin(GRPOTrainerHooks):
         stats = self.accelerator.gather(torch.tensor([[total, count]], dtype=torch.float64, device=device))
         total, count = stats.sum(0).tolist()
         return total / count if count > 0 else 0.0
+
+
+def _check_grpo_trainer(trainer) -> None:
+    if not isinstance(trainer, GRPOTrainer):
+        bases = ", ".join(b.__name__ for b in type(trainer).__mro__[1:] if b.__module__.startswith("trl."))
+        raise TypeError(
+            f"{type(trainer).__name__} puts ProcessAdvantageMixin on {bases or 'no TRL trainer'}, but the mixin works "
+            "on trl.GRPOTrainer subclasses only: it replaces the advantages by per-token `(B, T)` ones, which "
+            "GRPOTrainer's loss takes, while RLOOTrainer's loss is sequence-level (one importance ratio per "
+            "completion times `(B,)` advantages) and other trainers have no such seam. Subclass "
+            "`class MyTrainer(ProcessAdvantageMixin, trl.GRPOTrainer)` (see docs/prime.md, 'RLOOTrainer')."
+        )

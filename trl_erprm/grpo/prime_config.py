@@ -56,7 +56,8 @@ class PRIMEConfig(GRPOConfig):
         reference (`str`, *optional*, defaults to `"prm"`):
             Reference of the implicit rewards. `"prm"`: the PRM's own reference (a frozen copy of its initial
             weights, the PRM with its adapter disabled, or none for a reference-free PRM). `"policy"`: the policy's
-            log-probs at sampling time (the paper reports both work about equally).
+            log-probs at sampling time, at temperature 1 as the PRM's (with `temperature != 1` one extra forward pass
+            of the policy; the paper reports both references work about equally).
         reuse_ref_logps (`bool` or `None`, *optional*, defaults to `None`):
             With `reference="prm"`, use the reference log-probs GRPO already computed (`beta != 0`) instead of a
             second forward pass. `None`: reuse when both references are separate models that are the same object, or

@@ -17,6 +17,7 @@ from ..functional import (
     sequence_log_ratio,
     weighted_outcome,
 )
+from ..implicit_prm import _eval_mode, completion_logps
 from .mixin import ProcessAdvantageMixin
 from .prime_config import PRIMEConfig
 from .prm_checkpoint import (
@@ -316,8 +317,10 @@ class PRIMETrainer(ProcessAdvantageMixin, GRPOTrainer):
 
     def _reference_logps(self, rollout, input_ids, attention_mask, T, rows) -> torch.Tensor | None:
         """`(n_kept_local, T)` reference log-probs of the kept rows, or `None` for a reference-free PRM."""
-        if self.args.reference == "policy":
+        if self.args.reference == "policy" and self.temperature == 1.0:
             return self.sampling_logps(rollout, rows)
+        if self.args.reference == "policy":  # GRPO's log-probs are at its temperature, the PRM's at 1: one forward
+            return self._policy_logps(input_ids[rows], attention_mask[rows], T)  # of the (unmoved) sampling policy
         if not self.prm.has_reference:
             return None
         if self.reuse_ref_logps:
@@ -326,6 +329,18 @@ class PRIMETrainer(ProcessAdvantageMixin, GRPOTrainer):
             return torch.zeros(0, T, device=input_ids.device)
         with self.accelerator.autocast():
             return self.prm.compute_logps(input_ids[rows], attention_mask[rows], T, reference=True)
+
+    def _policy_logps(self, input_ids, attention_mask, T) -> torch.Tensor:
+        """`(n, T)` log-probs at temperature 1 (the PRM's) of the completions under the policy, which has not moved
+        since it sampled them: no gradient, eval mode, in chunks of `per_device_train_batch_size` rows."""
+        model = self.accelerator.unwrap_model(self.model)
+        size = self.args.per_device_train_batch_size
+        chunks = [torch.zeros(0, T, device=input_ids.device)]
+        with torch.no_grad(), _eval_mode(model), self.accelerator.autocast():
+            for start in range(0, len(input_ids), size):
+                ids, am = input_ids[start : start + size], attention_mask[start : start + size]
+                chunks.append(completion_logps(model, ids, am, T).float())
+        return torch.cat(chunks)
 
     def _prm_passes(self, ids, am, T, mask, labels, ref, denominator: int, backward: bool) -> torch.Tensor:
         """PRM log-probs `(n, T)` of the given rows, in micro-batches; with `backward`, also accumulate the gradient of

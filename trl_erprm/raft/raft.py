@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ..jobs import JobStore, content_hash, folder_errors, last_complete_checkpoint, make_manifest, write_json_atomic
 from .raft_config import RAFTConfig
-from .selection import majority_scores, outcome_scores, select_samples
+from .selection import SCORINGS, keepable, majority_scores, outcome_scores, select_samples
 
 
 logger = logging.getLogger(__name__)
@@ -325,9 +325,8 @@ class _Run:
             completions = [samples[i]["completions"] for i in chunk]
             flat = [text for texts in completions for text in texts]
             golds = [self.train[i]["gold"] for i in chunk for _ in samples[i]["completions"]]
-            statuses = [None] * len(flat)
-            if all(g is not None for g in golds):
-                statuses = [r.status for r in self.grading().grade(flat, golds)]
+            # Every sample is graded: a missing gold is that problem's own "gold_unparsable", never its chunk's.
+            statuses = [r.status for r in self.grading().grade(flat, golds)]
             if scorer == "outcome":
                 scores = outcome_scores(statuses)
             elif scorer == "majority":
@@ -363,15 +362,20 @@ class _Run:
 
         c = self.config
         scores = self.read(k, "scores")
+        scorer = c.scoring if self.scorer is None else self.scorer
+        scoring = scorer if isinstance(scorer, str) and scorer in SCORINGS else "prm"  # a PRM path or object: "prm"
         kept = {}
         for i in range(len(self.train)):
-            allowed = [s == "correct" for s in scores[i]["statuses"]] if c.require_correct else None
+            allowed = keepable(scoring, scores[i]["scores"])  # outcome: correct only; majority: the majority answer
+            if c.require_correct:
+                allowed = [a and s == "correct" for a, s in zip(allowed, scores[i]["statuses"])]
             kept[i] = select_samples(scores[i]["scores"], c.selection, c.top_k, c.score_threshold, allowed)
         chosen = [(i, j) for i, js in kept.items() for j in js]
         statuses = [scores[i]["statuses"][j] for i, j in chosen]
         summary = {
             "selected": len(chosen),
             "problems_kept": sum(bool(js) for js in kept.values()),
+            "problems_with_nothing_kept": sum(not js for js in kept.values()),
             "mean_selected_score": _mean([scores[i]["scores"][j] for i, j in chosen]),
             # A selected sample whose grading timed out is no wrong answer: left out, as the statistics of `score`.
             "selected_accuracy": _mean([s == "correct" for s in statuses if s not in UNKNOWN_GRADES])
@@ -383,11 +387,12 @@ class _Run:
                 write_json_atomic(self.root / f"round-{k}" / "selection.json", {"kept": kept, **summary})
         if not chosen:
             summary["stopped"] = (
-                f"Round {k} kept no sample: selection={c.selection!r}"
+                f"Round {k} kept no sample: scoring={scoring!r}, selection={c.selection!r}"
                 + (f", score_threshold={c.score_threshold}" if c.selection == "threshold" else "")
                 + (", require_correct=True" if c.require_correct else "")
-                + f" found nothing among {len(self.train)} problems x {c.num_samples} samples. RAFT stops here rather "
-                "than fine-tune on nothing: lower the threshold, drop require_correct, or sample more (num_samples, "
+                + f" found nothing among {len(self.train)} problems x {c.num_samples} samples ('outcome' keeps correct "
+                "samples only, 'majority' those giving the majority answer only). RAFT stops here rather than "
+                "fine-tune on nothing: lower the threshold, drop require_correct, or sample more (num_samples, "
                 "temperature)."
             )
         return summary
@@ -569,8 +574,8 @@ def run_raft(
 
     Returns:
         `dict`: The report written to `results.json`: `rounds` (one summary per round: `accuracy`, `selected`,
-        `problems_kept`, `mean_selected_score`, `sample_accuracy`, `pass_at_n`, `selected_accuracy`, `train_loss`,
-        ...), `accuracy` (held-out accuracy per round, round 0 the initial policy), `policy` (folder of the last
+        `problems_kept`, `problems_with_nothing_kept`, `mean_selected_score`, `sample_accuracy`, `pass_at_n`,
+        `selected_accuracy`, `train_loss`, ...), `accuracy` (held-out accuracy per round, round 0 the initial policy), `policy` (folder of the last
         policy), `stopped` (the message when a round kept nothing, else `None`), `table` and `files`.
     """
     if (train_problems is None) != (eval_problems is None):

@@ -110,7 +110,8 @@ class RAFTConfig(SFTConfig):
         vllm_max_model_len (`int` or `None`, *optional*, defaults to `None`):
             vLLM context length.
         scoring (`str`, *optional*, defaults to `"prm"`):
-            How samples are scored: `"prm"`, `"outcome"` (the grader) or `"majority"` (vote share).
+            How samples are scored: `"prm"`, `"outcome"` (the grader; keeps correct samples only) or `"majority"`
+            (vote share; keeps samples giving the majority answer only).
         selection (`str`, *optional*, defaults to `"best_of_n"`):
             Which samples are kept per problem: `"best_of_n"`, `"top_k"` or `"threshold"`.
         top_k (`int`, *optional*, defaults to `1`):

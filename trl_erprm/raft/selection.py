@@ -5,11 +5,14 @@ Scores (one float per sample, NaN for a sample that cannot be scored, which is n
 - `"prm"`: a PRM's aggregated step scores ([`~trl_erprm.PRMReward`]);
 - `"outcome"`: the grader's verdict, 1.0 correct / 0.0 wrong or no answer, NaN for a grading timeout or an unparsable
   gold ([`outcome_scores`]);
-- `"majority"`: the share of the problem's samples whose final answer agrees with the sample's ([`majority_scores`]).
+- `"majority"`: for a sample giving the problem's majority answer, the share of the samples giving it; 0.0 for a sample
+  with another answer or none ([`majority_scores`]).
 
-Selections ([`SELECTIONS`], [`select_samples`]): `"best_of_n"` (the highest score; ties to the lowest index), `"top_k"`
-(the `k` highest), `"threshold"` (every sample scoring at least the threshold), optionally among the graded-correct
-samples only.
+Which samples may be kept at all ([`keepable`]): with `"outcome"` the correct ones only, with `"majority"` those giving
+the majority answer only (a score of 0.0 is a wrong or unsupported answer, never training data); with `"prm"` every
+scored one. Selections ([`SELECTIONS`], [`select_samples`]) among them: `"best_of_n"` (the highest score; ties to the
+lowest index), `"top_k"` (the `k` highest), `"threshold"` (every sample scoring at least the threshold), optionally
+among the graded-correct samples only. A problem with nothing keepable contributes nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 
-__all__ = ["SCORINGS", "SELECTIONS", "majority_scores", "outcome_scores", "select_samples"]
+__all__ = ["SCORINGS", "SELECTIONS", "keepable", "majority_scores", "outcome_scores", "select_samples"]
 
 #: Ways to score a sample (`RAFTConfig.scoring`).
 SCORINGS = ("prm", "outcome", "majority")
@@ -42,18 +45,58 @@ def outcome_scores(statuses: Sequence[str]) -> list[float]:
 
 
 def majority_scores(answers: Sequence[str | None]) -> list[float]:
-    """Self-consistency scores: the share of the samples whose answer equals the sample's (answers already
-    normalised, see [`~trl_erprm.evaluation.metrics.normalize_answer`]); 0.0 for a sample without an answer.
+    """Self-consistency scores: for a sample giving the majority answer (answers already normalised, see
+    [`~trl_erprm.evaluation.metrics.normalize_answer`]; the winner of
+    [`~trl_erprm.evaluation.metrics.vote`], a tie going to the answer given first), the share of the samples giving
+    it; 0.0 for a sample with another answer or without one.
 
     Args:
         answers (`Sequence[str | None]`):
             The normalised final answer of each sample of one problem.
 
     Returns:
-        `list[float]`: One score per sample, in [0, 1].
+        `list[float]`: One score per sample, in [0, 1]; all 0.0 when no sample has an answer.
+
+    Example:
+
+    ```python
+    >>> majority_scores(["4", "4", "5", None])
+    [0.5, 0.5, 0.0, 0.0]
+    ```
     """
-    counts = Counter(a for a in answers if a is not None)
-    return [counts[a] / len(answers) if a is not None else 0.0 for a in answers]
+    from ..evaluation.metrics import vote
+
+    winner = vote(answers, range(len(answers)))
+    if winner is None:
+        return [0.0] * len(answers)
+    share = Counter(answers)[answers[winner]] / len(answers)
+    return [share if a == answers[winner] else 0.0 for a in answers]
+
+
+def keepable(scoring: str, scores: Sequence[float]) -> list[bool]:
+    """Which samples of one problem a scoring lets RAFT keep at all (before the selection).
+
+    `"outcome"` keeps the graded-correct samples only (score 1.0) and `"majority"` those giving the majority answer
+    only (a positive [`majority_scores`]): a wrong answer, or one the majority does not support, is never fine-tuned
+    on, even when it is the best a problem has. `"prm"` keeps every scored sample (NaN never is).
+
+    Args:
+        scoring (`str`):
+            One of [`SCORINGS`].
+        scores (`Sequence[float]`):
+            One score per sample, from that scoring.
+
+    Returns:
+        `list[bool]`: One flag per sample.
+
+    Raises:
+        `ValueError`: An unknown scoring.
+    """
+    if scoring not in SCORINGS:
+        raise ValueError(f"Unknown scoring {scoring!r}; choose one of {SCORINGS}.")
+    if scoring == "prm":
+        return [not math.isnan(s) for s in scores]
+    return [s > 0 for s in scores]  # NaN > 0 is False
 
 
 def select_samples(

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..evaluation.bon import aggregate_candidate_scores
-from ..evaluation.metrics import graded_problems
+from ..evaluation.metrics import check_vote_weights, graded_problems, resolve_vote_weight, vote_weights
 from ..labeling.backends import derive_seed
 from ..steps import split_by_separator
 from .search import Beam, BeamTree, SearchParams, StepGenerator, StepScorer, run_trees, select_candidate, tree_seed
@@ -240,9 +240,10 @@ def search_records(
     return records
 
 
-def _choose(candidates: list[dict], how: str) -> float:
+def _choose(candidates: list[dict], how: str, vote_weight: str = "score") -> float:
     """Correctness of the candidate chosen by `how` (0 when none can be chosen)."""
-    chosen = select_candidate([c["score"] for c in candidates], [c["answer"] for c in candidates], how)
+    scores, answers = [c["score"] for c in candidates], [c["answer"] for c in candidates]
+    chosen = select_candidate(scores, answers, how, vote_weight)
     return 0.0 if chosen is None else float(candidates[chosen]["correct"])
 
 
@@ -260,7 +261,7 @@ def base_method(name: str) -> str:
     return "best_of_n" if name == "majority" else name.removesuffix("_weighted")
 
 
-def _outcomes(run: dict, n: int, width: int, methods: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
+def _outcomes(run: dict, n: int, width: int, methods: Sequence[str], vote_weight: str) -> tuple[dict, dict]:
     """Correctness of every curve and generated tokens of every method at N, for one problem and repetition."""
     pools = {}
     if "beam_search" in methods:
@@ -275,7 +276,7 @@ def _outcomes(run: dict, n: int, width: int, methods: Sequence[str]) -> tuple[di
     correct = {}
     for name, (candidates, _) in pools.items():
         correct[name] = _choose(candidates, "score")
-        correct[f"{name}_weighted"] = _choose(candidates, "weighted_vote")
+        correct[f"{name}_weighted"] = _choose(candidates, "weighted_vote", vote_weight)
     if "best_of_n" in methods:
         correct["majority"] = _choose(pools["best_of_n"][0], "majority")
     return correct, {name: float(tokens) for name, (_, tokens) in pools.items()}
@@ -292,7 +293,13 @@ def _all_candidates(record: dict):
         yield from run.get("best_of_n", [])
 
 
-def search_curves(records: Sequence[dict], n_values: Sequence[int], beam_width: int, methods: Sequence[str]) -> dict:
+def search_curves(
+    records: Sequence[dict],
+    n_values: Sequence[int],
+    beam_width: int,
+    methods: Sequence[str],
+    vote_weight: str = "score",
+) -> dict:
     """Accuracy and generated tokens against N for every method, with the mean and spread over repetitions.
 
     Args:
@@ -304,18 +311,28 @@ def search_curves(records: Sequence[dict], n_values: Sequence[int], beam_width: 
             `M`.
         methods (`Sequence[str]`):
             The methods run.
+        vote_weight (`str`, *optional*, defaults to `"score"`):
+            Weight of a candidate in the `_weighted` curves
+            ([`~trl_erprm.evaluation.metrics.VOTE_WEIGHTS`]): `"score"` (a probability) or `"sigmoid"` (an implicit
+            PRM's value).
 
     Returns:
         `dict`: `curves` (`{curve: {N: {"mean", "std", "values"}}}`: accuracy over problems, one value per
         repetition, for every method and selection) and `tokens` (the same layout, per method of [`METHODS`]: mean
         generated tokens per problem; see [`base_method`]), `n_values`, `num_problems` (evaluated),
         `num_seeds`, `bad_input` counts, `grading` status counts and `finish` reason counts.
+
+    Raises:
+        `ValueError`: A negative vote weight, naming the problem and the candidate.
     """
     n_values = check_n_values(n_values, beam_width)
     candidates = [c for r in records for c in _all_candidates(r)]
     statuses = Counter(c["status"] for c in candidates)
     kept, left_out = graded_problems([[c["status"] for c in _all_candidates(r)] for r in records])
     evaluated = [records[i] for i in kept]
+    for i in kept:  # a negative weight is refused before any curve, naming its problem
+        weights = vote_weights([c["score"] for c in _all_candidates(records[i])], vote_weight)
+        check_vote_weights(weights, f"problem {records[i].get('index', i)} (all its runs, in order)")
     num_seeds = min((len(r["runs"]) for r in records), default=0)
     curves: dict[str, dict[int, dict]] = {}
     tokens: dict[str, dict[int, dict]] = {}
@@ -323,7 +340,7 @@ def search_curves(records: Sequence[dict], n_values: Sequence[int], beam_width: 
         correct: dict[str, list[float]] = {}
         cost: dict[str, list[float]] = {}
         for s in range(num_seeds):
-            outcomes = [_outcomes(record["runs"][s], n, beam_width, methods) for record in evaluated]
+            outcomes = [_outcomes(record["runs"][s], n, beam_width, methods, vote_weight) for record in evaluated]
             for values, into in ((0, correct), (1, cost)):
                 for name in outcomes[0][values] if outcomes else ():
                     into.setdefault(name, []).append(sum(o[values][name] for o in outcomes) / len(outcomes))
@@ -363,6 +380,7 @@ def compare_search(
     methods: Sequence[str] = METHODS,
     num_seeds: int = 3,
     seed: int = 0,
+    vote_weight: str = "auto",
 ) -> dict:
     """Beam search, DVTS and Best-of-N (and majority vote) on in-memory problems with in-memory models.
 
@@ -387,12 +405,18 @@ def compare_search(
             Independent repetitions (the spread of the curves).
         seed (`int`, *optional*, defaults to `0`):
             Base seed.
+        vote_weight (`str`, *optional*, defaults to `"auto"`):
+            See [`search_curves`]; `"auto"`: `"sigmoid"` for an
+            [`~trl_erprm.evaluation.scorers.ImplicitPRMScorer`], else `"score"`.
 
     Returns:
         `dict`: The output of [`search_curves`] plus `records` (those of [`search_records`]).
     """
+    from ..evaluation.scorers import ImplicitPRMScorer
+
+    vote_weight = resolve_vote_weight(vote_weight, implicit=isinstance(scorer, ImplicitPRMScorer))
     params = params or SearchParams()
     records = search_records(
         problems, generator, scorer, grader, params, n_values, beam_width, methods, num_seeds, seed
     )
-    return {**search_curves(records, n_values, beam_width, methods), "records": records}
+    return {**search_curves(records, n_values, beam_width, methods, vote_weight), "records": records}

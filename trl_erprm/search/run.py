@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..evaluation.bon import gold_answer_text
-from ..evaluation.metrics import grading_timeout_message
+from ..evaluation.metrics import grading_timeout_message, resolve_vote_weight
 from ..evaluation.report import format_table, plot_curves, write_reports
 from ..jobs import JobStore, content_hash, make_manifest
 from ..models import load_tokenizer
@@ -343,7 +343,8 @@ def run_search(config: SearchConfig, generator=None, scorer=None, grader=None) -
 
 
 def _report(config: SearchConfig, records: list[dict]) -> dict:
-    report = search_curves(records, config.n_values, config.beam_width, config.methods)
+    weight = resolve_vote_weight(config.vote_weight, implicit=config.prm_type == "implicit")
+    report = search_curves(records, config.n_values, config.beam_width, config.methods, weight)
     if report["bad_input"]["problems_with_grading_timeouts"]:
         logger.warning(grading_timeout_message(report["bad_input"]["problems_with_grading_timeouts"]))
     report["arguments"] = asdict(config)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..evaluation.bon import aggregate_candidate_scores
-from ..evaluation.metrics import normalize_answer, pick_best, vote
+from ..evaluation.metrics import normalize_answer, pick_best, vote, vote_weights
 from ..functional import STEP_AGGREGATIONS
 from ..labeling.backends import Completion, Sampling, derive_seed
 from ..labeling.grading import extract_final_answer
@@ -446,7 +446,9 @@ def dvts(
     return trees
 
 
-def select_candidate(scores: Sequence[float], answers: Sequence[str | None], how: str = "score") -> int | None:
+def select_candidate(
+    scores: Sequence[float], answers: Sequence[str | None], how: str = "score", vote_weight: str = "score"
+) -> int | None:
     """Choose the final solution among finished candidates.
 
     Args:
@@ -458,9 +460,17 @@ def select_candidate(scores: Sequence[float], answers: Sequence[str | None], how
             One of [`SELECTIONS`]: `"score"` (highest score, ties to the first), `"weighted_vote"` (answers grouped
             with [`~trl_erprm.evaluation.metrics.normalize_answer`], each group weighs the sum of its scores) or
             `"majority"` (unweighted vote).
+        vote_weight (`str`, *optional*, defaults to `"score"`):
+            `"weighted_vote"`: a candidate's weight from its score
+            ([`~trl_erprm.evaluation.metrics.VOTE_WEIGHTS`]): `"score"` (a probability) or `"sigmoid"` (an implicit
+            PRM's value).
 
     Returns:
         `int` or `None`: Index of the chosen candidate; `None` without candidates (or, for votes, without answers).
+
+    Raises:
+        `ValueError`: An unknown `how` or `vote_weight`, or a negative vote weight (an implicit PRM's value voted
+            with `vote_weight="score"`).
     """
     if how not in SELECTIONS:
         raise ValueError(f"how must be one of {SELECTIONS}, got {how!r}.")
@@ -470,4 +480,4 @@ def select_candidate(scores: Sequence[float], answers: Sequence[str | None], how
     if how == "score":
         return pick_best(scores, subset)
     keys = [normalize_answer(a) for a in answers]
-    return vote(keys, subset, scores if how == "weighted_vote" else None)
+    return vote(keys, subset, vote_weights(scores, vote_weight) if how == "weighted_vote" else None)

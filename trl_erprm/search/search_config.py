@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..evaluation.metrics import resolve_vote_weight
 from ..functional import STEP_AGGREGATIONS
 from .compare import METHODS, check_n_values
 from .search import SearchParams
@@ -106,6 +107,10 @@ class SearchConfig:
             End a beam whose new step holds a final answer (`\\boxed{}` or "The answer is").
         num_seeds (`int`, *optional*, defaults to `3`):
             Independent repetitions of every method; the table shows their mean and standard deviation.
+        vote_weight (`str`, *optional*, defaults to `"auto"`):
+            Weight of a candidate in the `_weighted` curves (`evaluation.metrics.VOTE_WEIGHTS`): `"score"` (its
+            aggregated score, a probability), `"sigmoid"` (the sigmoid of an implicit PRM's value) or `"auto"`
+            (`"sigmoid"` with `prm_type="implicit"`, else `"score"`). A negative weight is an error.
         seed (`int`, *optional*, defaults to `0`):
             Base seed of every sample.
         grading_num_workers (`int`, *optional*, defaults to `1`):
@@ -178,6 +183,10 @@ class SearchConfig:
     aggregation: str = field(default="last", metadata={"help": "Step-score aggregation for pruning and choice."})
     finish_on_answer: bool = field(default=True, metadata={"help": "End a beam at a step with a final answer."})
     num_seeds: int = field(default=3, metadata={"help": "Independent repetitions of every method."})
+    vote_weight: str = field(
+        default="auto",
+        metadata={"help": "Weighted vote: 'score', 'sigmoid' (implicit PRM values) or 'auto' (sigmoid if implicit)."},
+    )
     seed: int = field(default=0, metadata={"help": "Base seed."})
     grading_num_workers: int = field(default=1, metadata={"help": "Grader worker processes."})
     grading_timeout: float = field(default=5.0, metadata={"help": "Seconds allowed to grade one answer."})
@@ -195,6 +204,7 @@ class SearchConfig:
             raise ValueError(f"prm_prompt must be one of {PRM_PROMPTS}, got {self.prm_prompt!r}.")
         if self.aggregation not in STEP_AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {sorted(STEP_AGGREGATIONS)}, got {self.aggregation!r}.")
+        resolve_vote_weight(self.vote_weight, False)  # an unknown one is an error now, not at report time
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"methods {unknown or '[]'} invalid; choose from {list(METHODS)}.")
@@ -235,6 +245,7 @@ class SearchConfig:
             "generation_batch_size",
             "grading_num_workers",
             "chunk_size",
+            "vote_weight",
             "vllm_server_url",
             "vllm_gpu_memory_utilization",
         }
