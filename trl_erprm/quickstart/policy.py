@@ -32,7 +32,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..models import load_model, load_tokenizer
 from ..tiny import build_tiny_model, build_tokenizer
-from .task import Problem, TaskConfig, check_solution, generate_problems, task_corpus
+from .checker import check_solution
+from .task import Problem, TaskConfig, generate_problems, task_corpus
 
 
 #: Bump when the training procedure changes, so that cached policies trained the old way are not reused.
