@@ -179,3 +179,38 @@ def test_trainer_benchmark_takes_ratios_per_round_then_the_median():
     assert samples[soft] == {"tokens_per_s": 50.0, "tokens_per_cpu_s": 100.0, "peak_rss_mb": 510, "train_peak_mb": 110}
     assert samples[base]["tokens_per_s"] == 50.0
     assert not any(key.startswith(f"{base} /") for key in ratios)
+
+
+@pytest.fixture(scope="module")
+def bench_labeler():
+    spec = importlib.util.spec_from_file_location("bench_labeler", REPO / "benchmarks" / "bench_labeler.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # stdlib imports only: no model is built here
+    return bench
+
+
+def test_labeler_benchmark_device_cuda_is_planned_and_skips_without_a_gpu(bench_labeler):
+    """`--device cuda` is ready for a GPU session: its plan (a larger generator in bfloat16, more rows) and, on a
+    machine without a GPU, a clean skip before anything is built."""
+    import torch
+
+    gpu, cpu = bench_labeler.plan(quick=True, device="cuda"), bench_labeler.plan(quick=True, device="cpu")
+    assert gpu["dtype"] == "bfloat16" and gpu["rows"] > cpu["rows"] and gpu["model"]["hidden_size"] == 1024
+    assert gpu["max_new_tokens"] == cpu["max_new_tokens"] == 256 and gpu["num_rollouts"] == [8, 16]
+    assert bench_labeler.plan(quick=False, device="cpu")["repeats"] > cpu["repeats"]
+    with pytest.raises(ValueError, match="device must be one of"):
+        bench_labeler.plan(device="tpu")
+    if not torch.cuda.is_available():
+        assert bench_labeler.run(quick=True, device="cuda") == {
+            "skipped": "--device cuda needs a CUDA GPU; none is visible"
+        }
+    assert "cuda" in bench_labeler.DEVICES
+
+
+def test_labeler_benchmark_rows_have_the_realistic_shapes(bench_labeler, tokenizer):
+    rows = bench_labeler.realistic_rows(tokenizer, 5)
+    assert [len(r["completions"]) for r in rows] == [6, 7, 8, 9, 10]
+    for row in rows:
+        assert 140 <= len(tokenizer(row["prompt"])["input_ids"]) <= 160
+        assert all(30 <= len(tokenizer(step)["input_ids"]) <= 50 for step in row["completions"])
+    assert len({r["prompt"] for r in rows}) == 5  # distinct problems: no prefix repeats across rows

@@ -347,3 +347,11 @@ def test_reward_inputs_are_the_local_rows_in_the_order_of_the_output(recorded):
         text = completion[0]["content"] if isinstance(completion, list) else completion
         assert text == tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
         assert prompt == row["prompt"] and row["solution"] == SOLUTIONS[prompt[-1]["content"]]
+
+
+def test_attention_implementation_reads_what_set_attn_implementation_sets(causal_lm):
+    from trl_erprm._compat import attention_implementation
+
+    assert attention_implementation(causal_lm) == "sdpa"  # the default on CPU
+    causal_lm.set_attn_implementation("eager")
+    assert attention_implementation(causal_lm) == "eager"

@@ -31,6 +31,7 @@ from trl_erprm.labeling.labeler import (
     main,
 )
 from trl_erprm.labeling.labeler_config import ERPRMLabelerConfig
+from trl_erprm.labeling.rollout_cache import RolloutCache
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -556,6 +557,151 @@ def test_overwrite_discards_the_other_jobs_results(answering_lm_path, gsm8k_rows
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Identical prefixes are rolled out once
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overlapping_rows(gsm8k_rows):
+    """Solutions of one problem sharing their first steps word for word, an exact repeat, and another problem."""
+    base = gsm8k_rows[3]  # 6 steps: 5 prefixes
+    steps = base["completions"]
+    variant = {**base, "completions": [*steps[:3], *(f"{s} (checked)" for s in steps[3:-1]), steps[-1]]}
+    return [base, variant, dict(base), gsm8k_rows[0]]
+
+
+def _counting_job(model_path, grader, output_dir, **overrides):
+    """A labeler on a real TransformersBackend whose `stats` count the sequences it decodes."""
+    from trl_erprm.labeling.backends import TransformersBackend
+
+    backend = TransformersBackend(model_path, batch_size=64)
+    labeler = ERPRMLabeler(
+        model_name_or_path=model_path, backend=backend, grader=grader, output_dir=str(output_dir), **JOB
+    )
+    if overrides:
+        labeler = ERPRMLabeler(
+            labeler.config, backend=backend, grader=grader, **{**JOB, "output_dir": str(output_dir), **overrides}
+        )
+    return labeler, backend
+
+
+def test_identical_prefixes_are_rolled_out_once_and_rows_equal_a_job_without_reuse(
+    answering_lm_path, overlapping_rows, grader, tmp_path
+):
+    n = JOB["num_rollouts"]
+    plain, plain_backend = _counting_job(answering_lm_path, grader, tmp_path / "plain", reuse_rollouts=False)
+    expected = plain.label(overlapping_rows)
+    total = sum(len(r["completions"]) - 1 for r in overlapping_rows)  # 5 + 5 + 5 + 2 step prefixes
+    assert plain_backend.stats["sequences"] == total * n and plain.summary["this_run"]["prefixes_reused"] == 0
+    assert not (tmp_path / "plain" / "rollouts").exists()
+
+    for batch_size in (1, 4):  # repeats across batches (through the cache) and inside one backend call
+        job, backend = _counting_job(answering_lm_path, grader, tmp_path / f"reuse{batch_size}", batch_size=batch_size)
+        dataset = job.label(overlapping_rows)
+        assert dataset.to_list() == expected.to_list()  # the same rows, outcomes, labels and counts
+        distinct = 5 + 2 + 0 + 2  # the variant adds its 2 own prefixes, the repeat none
+        assert backend.stats["sequences"] == distinct * n
+        run = job.summary["this_run"]
+        assert run["prefixes"] == total and run["prefixes_rolled_out"] == distinct
+        assert run["prefixes_reused"] == total - distinct and run["rollouts_reused"] == (total - distinct) * n
+        assert run["rollouts_generated"] == distinct * n
+    assert expected["num_rollouts"] == [5 * n, 5 * n, 5 * n, 2 * n]  # a row counts the rollouts its labels rest on
+
+
+def test_a_job_sharing_a_rollout_cache_rolls_out_only_what_is_new(
+    answering_lm_path, overlapping_rows, gsm8k_rows, grader, tmp_path, caplog
+):
+    """A second job that adds rows, pointed at the first job's rollout cache, rolls out only the new prefixes and
+    writes the rows a job without any cache writes; a job with other sampling arguments reuses nothing."""
+    n, cache = JOB["num_rollouts"], tmp_path / "shared-rollouts"
+    first, first_backend = _counting_job(answering_lm_path, grader, tmp_path / "first", rollout_cache_dir=str(cache))
+    first.label(overlapping_rows[:2])
+    assert first_backend.stats["sequences"] == (5 + 2) * n
+    assert not (tmp_path / "first" / "rollouts").exists()  # stored in the shared folder instead
+
+    more, more_backend = _counting_job(answering_lm_path, grader, tmp_path / "more", rollout_cache_dir=str(cache))
+    with caplog.at_level(logging.INFO, logger="trl_erprm"):
+        dataset = more.label(overlapping_rows)
+    assert more_backend.stats["sequences"] == 2 * n  # only the new problem's prefixes
+    assert more.summary["this_run"]["prefixes_reused"] == 5 + 5 + 5
+    assert f"Rollout cache {cache}: 7 step prefixes already rolled out are reused." in caplog.text
+    assert "Rollouts reused for 15 of 17 step prefixes (88%" in caplog.text
+    fresh, _ = _counting_job(answering_lm_path, grader, tmp_path / "fresh", reuse_rollouts=False)
+    assert dataset.to_list() == fresh.label(overlapping_rows).to_list()
+
+    other, other_backend = _counting_job(
+        answering_lm_path, grader, tmp_path / "other", rollout_cache_dir=str(cache), temperature=0.7
+    )
+    other.label(gsm8k_rows[:2])  # prefixes stored under temperature 1.0 by the jobs above
+    assert other.summary["this_run"]["prefixes_reused"] == 0
+    assert other_backend.stats["sequences"] == (2 + 2) * n
+
+
+def test_a_resumed_job_reuses_the_stored_rollouts_and_rolls_out_nothing_twice(
+    answering_lm_path, overlapping_rows, grader, tmp_path
+):
+    output_dir = tmp_path / "job"
+    first, first_backend = _counting_job(answering_lm_path, grader, output_dir)
+    reference = first.label(overlapping_rows)
+    part = output_dir / "parts" / "part-00000.jsonl"
+    part.write_text("".join(part.read_text().splitlines(keepends=True)[:1]))  # killed after the first row was written
+    shutil.rmtree(output_dir / "dataset")
+    again, backend = _counting_job(answering_lm_path, grader, output_dir)
+    resumed = again.label(overlapping_rows)
+    assert resumed.to_list() == reference.to_list()
+    assert backend.stats["sequences"] == 0  # every prefix of the 3 rows left had been rolled out and stored
+    assert again.summary["this_run"]["prefixes_reused"] == 5 + 5 + 2
+
+
+def test_rollout_seeds_and_keys_follow_the_prefix_content(answering_lm_path, gsm8k_rows):
+    labeler = ERPRMLabeler(model_name_or_path=answering_lm_path, **JOB)
+    row = gsm8k_rows[3]
+    ids = labeler.rollout_prompt(row["prompt"], row["completions"][:2])
+    assert labeler.rollout_seed(ids) == labeler.rollout_seed(list(ids))  # the row index plays no part
+    assert labeler.rollout_seed(ids) != labeler.rollout_seed(ids[:-1])
+    key = labeler.rollout_key(ids, "9")
+    assert key != labeler.rollout_key(ids, "10")  # outcomes are graded against the gold answer
+    for change in ({"seed": 8}, {"temperature": 0.5}, {"num_rollouts": 4}, {"max_new_tokens": 25}):
+        other = ERPRMLabeler(model_name_or_path=answering_lm_path, **{**JOB, **change})
+        assert other.rollout_key(ids, "9") != key, change
+    for same in ({"batch_size": 8}, {"eta": "hard"}, {"grading_num_workers": 2}):
+        assert ERPRMLabeler(model_name_or_path=answering_lm_path, **{**JOB, **same}).rollout_key(ids, "9") == key
+
+
+def test_a_rollout_cache_shared_by_writers_gives_each_its_own_part(tmp_path):
+    """Two jobs (or ranks) writing one cache at once take different parts; a torn last line is ignored; a third
+    reader sees every complete entry."""
+    first, second = RolloutCache(tmp_path / "cache"), RolloutCache(tmp_path / "cache")
+    assert first.open() == 0 and second.open() == 0
+    first.add({"a": {"outcomes": [1.0], "counts": {}}})
+    second.add({"b": {"outcomes": [0.0, 1.0], "counts": {}}, "a": {"outcomes": [9.0], "counts": {}}})
+    first.close()
+    second.close()
+    parts = sorted(p.name for p in (tmp_path / "cache" / "parts").iterdir())
+    assert parts == ["part-00000.jsonl", "part-00001.jsonl"]
+    with open(tmp_path / "cache" / "parts" / "part-00001.jsonl", "ab") as f:
+        f.write(b'{"key": "c", "outco')  # killed in the middle of a write
+    with RolloutCache(tmp_path / "cache") as third:
+        assert third.loaded == 2 and third.get("a")["outcomes"] == [1.0] and third.get("b")["outcomes"] == [0.0, 1.0]
+        assert third.get("c") is None
+
+
+def test_a_folder_that_is_not_a_rollout_cache_is_refused(answering_lm_path, gsm8k_rows, grader, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("mine")
+    labeler = ERPRMLabeler(
+        model_name_or_path=answering_lm_path,
+        output_dir=str(tmp_path / "job"),
+        grader=grader,
+        rollout_cache_dir=str(tmp_path / "notes"),
+        **JOB,
+    )
+    with pytest.raises(ValueError, match="not a rollout cache"):
+        labeler.label(gsm8k_rows[:1])
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Resumption after SIGKILL
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -613,10 +759,24 @@ def test_sigkill_then_resume_equals_uninterrupted_run(reference_run, answering_l
     resumed_labeler = ERPRMLabeler(
         model_name_or_path=answering_lm_path, output_dir=str(output_dir), grader=grader, **JOB
     )
+    # The killed job may have stored the rollouts of a row it had not written yet: they are reused, not redone.
+    stored = RolloutCache(output_dir / "rollouts")
+    stored.open()
+    stored.close()
+    keys = [
+        resumed_labeler.rollout_key(
+            resumed_labeler.rollout_prompt(r["prompt"], r["completions"][:k]), r["gold_answer"]
+        )
+        for i, r in enumerate(gsm8k_rows)
+        if i not in done
+        for k in range(1, len(r["completions"]))
+    ]
     resumed = resumed_labeler.label(gsm8k_rows)
-    # Only the rows without a complete line were rolled out again.
+    # Only the prefixes of the rows without a complete line, and not stored, were rolled out again.
+    reused = JOB["num_rollouts"] * sum(key in stored.entries for key in keys)
     expected = sum(n for i, n in enumerate(reference["num_rollouts"]) if i not in done)
-    assert resumed_labeler.summary["this_run"]["rollouts_generated"] == expected
+    assert resumed_labeler.summary["this_run"]["rollouts_generated"] == expected - reused
+    assert resumed_labeler.summary["this_run"]["rollouts_reused"] == reused
     assert resumed.to_list() == reference.to_list()  # row for row: none lost, none duplicated, same order
     lines = part.read_bytes().splitlines()
     assert len(lines) == len(gsm8k_rows)  # the torn line was truncated, every row written once

@@ -364,3 +364,16 @@ class GRPOTrainerHooks:
     def saving_checkpoint(self) -> bool:
         """Whether the trainer is writing a checkpoint (`save_model` is then called from `_save_checkpoint`)."""
         return getattr(self, "_trl_erprm_in_checkpoint", False)
+
+
+# =====================================================================================================================
+# transformers: the attention implementation a model runs
+# =====================================================================================================================
+
+
+def attention_implementation(model) -> str:
+    """The attention implementation `model` runs: `"sdpa"`, `"eager"`, `"flash_attention_2"` or a name registered
+    with `transformers.AttentionInterface` (`config._attn_implementation`; `model.set_attn_implementation` is the public
+    setter, with no public getter). The labeler's transformers backend reads it to restore it after decoding with its
+    shared-prefix attention."""
+    return model.config._attn_implementation

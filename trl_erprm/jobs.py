@@ -266,6 +266,35 @@ def read_results(output_dir: str | os.PathLike) -> dict[int, dict]:
     return results
 
 
+def read_records(output_dir: str | os.PathLike) -> list[dict]:
+    """Every complete record of every part of a folder, in file order, whatever its fields (no row `index` needed):
+    for stores keyed otherwise, such as the labeler's rollout cache.
+
+    Args:
+        output_dir (`str` or `os.PathLike`):
+            The folder holding `parts/part-*.jsonl`.
+
+    Returns:
+        `list[dict]`: The records; a torn last line is ignored.
+
+    Raises:
+        `ValueError`: A complete line is not a JSON object (naming the file and the line).
+    """
+    records = []
+    parts = Path(output_dir) / PARTS
+    for path in sorted(parts.glob("part-*.jsonl")) if parts.is_dir() else []:
+        for number, line in enumerate(_complete_lines(path), start=1):
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                record, reason = None, str(error)
+            if not isinstance(record, dict):
+                reason = "not a JSON object" if record is not None else reason
+                raise ValueError(f"{path}, line {number}, is not a valid record ({reason}). Delete that line.")
+            records.append(record)
+    return records
+
+
 def ordered_results(results: dict[int, dict], num_rows: int) -> list[dict]:
     """The records of rows `0 .. num_rows - 1`, in input order.
 

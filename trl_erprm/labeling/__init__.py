@@ -1,4 +1,5 @@
-"""Labeling: ERPRMLabeler (MC-rollout ER labels, resumable jobs), rollout backends, sandboxed math-verify grading.
+"""Labeling: ERPRMLabeler (MC-rollout ER labels, resumable jobs), rollout backends, the rollout cache, sandboxed
+math-verify grading.
 
 Names are imported from their modules on first use, so a grading worker importing `trl_erprm.labeling.grading` loads
 no rollout backend. Step splitting is in [`trl_erprm.steps`], dataset converters in [`trl_erprm.data`].
@@ -15,6 +16,7 @@ _import_structure = {
     "grading": ["GRADE_STATUSES", "GradeResult", "MathVerifyGrader", "extract_final_answer"],
     "labeler": ["ERPRMLabeler"],
     "labeler_config": ["ERPRMLabelerConfig"],
+    "rollout_cache": ["RolloutCache"],
 }
 
 if TYPE_CHECKING:
@@ -22,5 +24,6 @@ if TYPE_CHECKING:
     from .grading import GRADE_STATUSES, GradeResult, MathVerifyGrader, extract_final_answer
     from .labeler import ERPRMLabeler
     from .labeler_config import ERPRMLabelerConfig
+    from .rollout_cache import RolloutCache
 else:
     sys.modules[__name__] = LazyModule(__name__, __file__, _import_structure, __spec__, {"__doc__": __doc__})

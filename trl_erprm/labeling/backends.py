@@ -11,7 +11,8 @@ backend.generate_completions(prompts, n, sampling, seeds) -> list[list[Completio
 how step-level search generates one step at a time; [`Completion`] carries the generated token ids (so every
 generated token can be counted) and why the sample ended.
 
-- [`TransformersBackend`]: `model.generate` on one padded batch (CPU, tests, small jobs).
+- [`TransformersBackend`]: a `transformers` model; each distinct prompt is prefilled once and its KV cache shared by
+  its samples (CPU, tests, small jobs).
 - [`VLLMBackend`]: vLLM's offline engine with prefix caching (the GPU path).
 - [`VLLMServerBackend`]: a shared `trl vllm-serve` / `vllm serve` server through TRL's `VLLMClient` (many labeling
   processes or nodes, one server).
@@ -25,12 +26,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import StoppingCriteria
+
+if TYPE_CHECKING:  # torch loads with the first rollout, not with this module
+    import torch
 
 
 Prompt = str | list[int]
@@ -148,6 +152,8 @@ def sample_from_uniform(
     Returns:
         `torch.Tensor`: Token ids of shape `(batch,)` (int64).
     """
+    import torch
+
     logits = logits.float()
     if temperature == 0.0:
         return logits.argmax(-1)
@@ -160,52 +166,6 @@ def sample_from_uniform(
     target = uniforms.to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:]
     position = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)
     return order.gather(-1, position).squeeze(-1)
-
-
-class _SeededSampler:
-    """`LogitsProcessor` that replaces sampling by [`sample_from_uniform`] with one seeded stream per sequence.
-
-    Used with greedy decoding: it returns logits that are `0` at the sampled token and `-inf` elsewhere.
-    """
-
-    def __init__(self, seeds: Sequence[int], prompt_length: int, max_tokens: int, sampling: Sampling):
-        self.prompt_length = prompt_length
-        self.sampling = sampling
-        self.uniforms = torch.stack(
-            [torch.rand(max_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds]
-        )
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        position = input_ids.shape[1] - self.prompt_length
-        uniforms = self.uniforms[:, position].to(scores.device)
-        tokens = sample_from_uniform(scores, uniforms, self.sampling.temperature, self.sampling.top_p)
-        out = torch.full_like(scores, -float("inf"))
-        return out.scatter_(1, tokens.unsqueeze(-1), 0.0)
-
-
-class _StopOnStrings(StoppingCriteria):
-    """`StoppingCriteria` that ends each row at the first stop string in its generated text, remembering where.
-
-    Only the last tokens are decoded at each step (a window long enough to hold any stop string), so the check costs
-    the same at every position; `stopped_at[b]` is the number of generated tokens of row `b` when it stopped.
-    """
-
-    def __init__(self, tokenizer, stop: Sequence[str], prompt_length: int, batch_size: int):
-        self.tokenizer = tokenizer
-        self.stop = tuple(stop)
-        self.prompt_length = prompt_length
-        self.window = max(len(s.encode()) for s in stop) + 1
-        self.stopped_at: list[int | None] = [None] * batch_size
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        generated = input_ids.shape[1] - self.prompt_length
-        start = input_ids.shape[1] - min(self.window, generated)
-        for b, row in enumerate(input_ids[:, start:].tolist()):
-            if self.stopped_at[b] is None:
-                tail = self.tokenizer.decode(row, skip_special_tokens=True)
-                if any(s in tail for s in self.stop):
-                    self.stopped_at[b] = generated
-        return torch.tensor([s is not None for s in self.stopped_at], dtype=torch.bool, device=input_ids.device)
 
 
 def _check_request(prompts: Sequence[Prompt], n: int, seeds: Sequence[int] | None) -> list[int]:
@@ -222,10 +182,20 @@ def _check_request(prompts: Sequence[Prompt], n: int, seeds: Sequence[int] | Non
 
 
 class TransformersBackend:
-    """Rollouts with `transformers` `generate`: all prompts of a call go through the model in left-padded batches.
+    """Rollouts with a `transformers` causal LM: every distinct prompt is prefilled once and its KV cache is shared by
+    its `n` samples.
 
-    Sampling is exact (temperature, top-p) but driven by one seeded random stream per sequence, so the samples of a
-    prompt do not depend on its batch neighbours (up to float rounding of padded matmuls).
+    A call sorts its prompts by length and cuts them into chunks of at most `batch_size` sequences (prompts times
+    samples), so that the prompts of a chunk need little padding. In a chunk, the distinct prompts go through the model
+    once (left-padded), their KV cache (a `transformers.DynamicCache`) is expanded to one row per sample
+    (`batch_select_indices`), and all samples decode one token per step; a sample that ends (EOS, stop string) stops
+    costing compute, as finished rows are dropped from the batch and its cache once they are an eighth of it.
+
+    Sampling is exact (temperature, top-p) and driven by one seeded stream of uniforms per sample
+    ([`sample_from_uniform`]): the samples of a prompt depend only on `(prompt, seed)`, not on the other prompts of
+    the call, the chunking or `share_prefix`, up to the float rounding of differently shaped matmuls (token-identical
+    in float64; in float32 a sample may rarely take another token where two candidates' cumulative probabilities are
+    within rounding of its uniform, and differ from there on).
 
     Args:
         model (`str` or [`~transformers.PreTrainedModel`]):
@@ -233,7 +203,7 @@ class TransformersBackend:
         tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
             Its tokenizer; loaded from `model` when `None`.
         batch_size (`int`, *optional*, defaults to `64`):
-            Maximum number of sequences (prompts times `n`) per `generate` call.
+            Maximum number of sequences (samples being decoded together) per chunk.
         device (`str` or `torch.device`, *optional*):
             Where to run; defaults to the model's device, or CUDA when available for a model loaded here.
         dtype (`str`, *optional*, defaults to `"auto"`):
@@ -241,6 +211,16 @@ class TransformersBackend:
             [`~trl_erprm.models.load_model`]).
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Whether to run model code from the Hub when loading `model`.
+        share_prefix (`bool`, *optional*, defaults to `True`):
+            Prefill each distinct prompt once per chunk and copy its KV cache to its samples. `False` prefills one
+            copy of the prompt per sample (the per-rollout baseline: the same samples for more compute).
+
+    Attributes:
+        stats (`dict[str, int]`):
+            Totals since creation: `calls`, `prompts`, `sequences` (samples decoded), `prefill_tokens` (prompt tokens
+            run through the model, padding excluded) and `generated_tokens`.
+
+    One backend may be shared by several threads: calls are serialised.
     """
 
     name = "transformers"
@@ -253,8 +233,12 @@ class TransformersBackend:
         device=None,
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        share_prefix: bool = True,
     ):
+        import torch
+
         from ..models import load_model, load_tokenizer
+        from ._decode import ChunkDecoder
 
         if isinstance(model, str | os.PathLike):
             path = str(model)
@@ -271,54 +255,19 @@ class TransformersBackend:
         self.model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.share_prefix = bool(share_prefix)
         eos = self.model.generation_config.eos_token_id if self.model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.pad_token_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_token_ids))
         )
+        self._decoder = ChunkDecoder(self.model, tokenizer, self.eos_token_ids, self.pad_token_id)
+        self.stats = dict.fromkeys(("calls", "prompts", "sequences", "prefill_tokens", "generated_tokens"), 0)
+        self._lock = threading.Lock()
 
     def _encode(self, prompt: Prompt) -> list[int]:
         return list(prompt) if not isinstance(prompt, str) else self.tokenizer(prompt)["input_ids"]
-
-    def _completion(self, token_ids: list[int], stopped_at: int | None, sampling: Sampling) -> Completion:
-        """The completion of one generated row: cut at its first EOS or at its stop string, whichever came first."""
-        eos = next((i for i, token in enumerate(token_ids) if token in self.eos_token_ids), None)
-        if eos is not None and (stopped_at is None or eos < stopped_at):
-            kept = token_ids[: eos + 1]
-            return Completion(self.tokenizer.decode(kept[:-1], skip_special_tokens=True), tuple(kept), "eos")
-        if stopped_at is not None:
-            kept = token_ids[:stopped_at]
-            text, _ = cut_at_stop(self.tokenizer.decode(kept, skip_special_tokens=True), sampling.stop)
-            return Completion(text, tuple(kept), "stop")
-        return Completion(self.tokenizer.decode(token_ids, skip_special_tokens=True), tuple(token_ids), "length")
-
-    @torch.no_grad()
-    def _generate_chunk(self, prompt_ids: list[list[int]], seeds: list[int], sampling: Sampling) -> list[Completion]:
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
-        length = max(len(p) for p in prompt_ids)
-        device = self.model.device
-        input_ids = torch.tensor([[self.pad_token_id] * (length - len(p)) + p for p in prompt_ids], device=device)
-        attention_mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
-        config = GenerationConfig(
-            max_new_tokens=sampling.max_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=sorted(self.eos_token_ids),
-        )
-        sampler = _SeededSampler(seeds, length, sampling.max_tokens, sampling)
-        stopper = _StopOnStrings(self.tokenizer, sampling.stop, length, len(prompt_ids)) if sampling.stop else None
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=config,
-            logits_processor=LogitsProcessorList([sampler]),
-            stopping_criteria=StoppingCriteriaList([stopper] if stopper is not None else []),
-        )
-        stopped = stopper.stopped_at if stopper is not None else [None] * len(prompt_ids)
-        return [self._completion(row[length:].tolist(), at, sampling) for row, at in zip(output, stopped)]
 
     def generate(
         self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seeds: Sequence[int] | None = None
@@ -360,18 +309,43 @@ class TransformersBackend:
             [`generate`].
         """
         seeds = _check_request(prompts, n, seeds)
-        sequences = [(self._encode(p), derive_seed(s, j)) for p, s in zip(prompts, seeds) for j in range(n)]
-        # Similar lengths together waste less padding; the per-sequence seeds make the grouping invisible.
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
-        completions: list[Completion | None] = [None] * len(sequences)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            outputs = self._generate_chunk(
-                [sequences[i][0] for i in chunk], [sequences[i][1] for i in chunk], sampling
-            )
-            for i, completion in zip(chunk, outputs):
-                completions[i] = completion
+        if sampling.temperature == 0.0 and self.share_prefix and n > 1:  # greedy: the n samples are one
+            return [row * n for row in self.generate_completions(prompts, 1, sampling, seeds)]
+        encoded = [self._encode(p) for p in prompts]
+        completions: list[Completion | None] = [None] * (len(prompts) * n)
+        with self._lock:
+            for chunk in self._chunks(encoded, seeds, n):
+                results, prefilled = self._decoder.run(chunk, sampling)
+                for index, completion in results:
+                    completions[index] = completion
+                self.stats["sequences"] += len(results)
+                self.stats["prefill_tokens"] += prefilled
+                self.stats["generated_tokens"] += sum(c.num_tokens for _, c in results)
+            self.stats["calls"] += 1
+            self.stats["prompts"] += len(prompts)
         return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def _chunks(self, encoded: list[list[int]], seeds: list[int], n: int) -> list[list[tuple[list[int], list]]]:
+        """Chunks of units `(prompt ids, [(output index, sample seed), ...])` of at most `batch_size` samples in
+        all, in order of prompt length. A unit is one prefill: a distinct prompt with its samples (`share_prefix`),
+        or one sample."""
+        units: dict = {}
+        for i, (ids, seed) in enumerate(zip(encoded, seeds)):
+            samples = [(i * n + j, derive_seed(seed, j)) for j in range(n)]
+            if self.share_prefix:
+                units.setdefault(tuple(ids), (ids, []))[1].extend(samples)
+            else:
+                units.update({sample[0]: (ids, [sample]) for sample in samples})
+        chunks, current, size = [], [], 0
+        for ids, samples in sorted(units.values(), key=lambda unit: len(unit[0])):
+            for start in range(0, len(samples), self.batch_size):
+                part = samples[start : start + self.batch_size]
+                if current and size + len(part) > self.batch_size:
+                    chunks.append(current)
+                    current, size = [], 0
+                current.append((ids, part))
+                size += len(part)
+        return [*chunks, current] if current else chunks
 
     def close(self) -> None:
         """Release nothing: the model is freed with the backend."""
@@ -410,6 +384,11 @@ class VLLMBackend:
             Whether to run model code from the Hub.
         llm_kwargs (`dict`, *optional*):
             Extra keyword arguments of `vllm.LLM`.
+
+    On vLLM's CPU build, chunked prefill is off unless `llm_kwargs` sets `enable_chunked_prefill`: with per-request
+    seeds, a prefill cut across engine steps makes the CPU engine rewind its CPU random generator, which it cannot
+    ("CPU Generator does not use offset", vLLM 0.32), and the engine dies as soon as a call's prompts exceed one step's
+    token budget.
     """
 
     name = "vllm"
@@ -427,6 +406,7 @@ class VLLMBackend:
     ):
         from accelerate import PartialState
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         kwargs = {
             "model": str(model),
@@ -450,6 +430,8 @@ class VLLMBackend:
                 WORLD_SIZE=str(state.num_processes),
             )
             kwargs["distributed_executor_backend"] = "external_launcher"
+        if current_platform.is_cpu():
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(llm_kwargs or {})
         self.llm = LLM(**kwargs)
 

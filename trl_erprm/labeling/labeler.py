@@ -24,11 +24,11 @@ from pathlib import Path
 
 from .. import jobs
 from ..data.converters import convert_prm800k, gsm8k_to_stepwise
-from ..functional import er_label, resolve_eta
 from ..steps import StepFormat
 from .backends import BACKENDS, Sampling, derive_seed
 from .grading import MathVerifyGrader
 from .labeler_config import ERPRMLabelerConfig
+from .rollout_cache import ROLLOUT_CACHE_FORMAT, RolloutCache
 
 
 logger = logging.getLogger(__name__)
@@ -45,8 +45,14 @@ ROW_STATUSES = (
     "grading_failed",
     "no_text",
 )
-#: Format tag of the job folder's records (2: the default rollout prompt asks for the answer in `\boxed{}`).
-LABELS_FORMAT = "trl-erprm-labels/2"
+#: Format tag of the job folder's records (2: the default rollout prompt asks for the answer in `\boxed{}`; 3: the
+#: rollouts of a step prefix are seeded from its content, [`SEED_POLICY`], instead of its row and step).
+LABELS_FORMAT = "trl-erprm-labels/3"
+#: How the rollouts of a step prefix are seeded: `derive_seed(seed, "prefix", sha256 of its rollout prompt's token
+#: ids)`, sample `j` from `derive_seed(that, j)` (transformers) or the engine's stream for that seed (vLLM). Identical
+#: prefixes, in any row, job or process, get identical rollouts, which is what makes reusing them exact.
+SEED_POLICY = "prefix-content/1"
+ROLLOUTS = "rollouts"
 DATASET = "dataset"
 SUMMARY = "summary.json"
 #: Share of rollouts without an extractable final answer above which the job warns (after `_NO_ANSWER_MIN_ROLLOUTS`).
@@ -94,6 +100,8 @@ def labels_for_rows(rows: Sequence[Sequence[Sequence[float]] | None], eta: float
         `list[list[float] | None]`: The labels of each row.
     """
     import numpy as np
+
+    from ..functional import er_label
 
     steps = [(r, s, list(outcomes)) for r, row in enumerate(rows) if row is not None for s, outcomes in enumerate(row)]
     groups: dict[int, list[int]] = {}
@@ -310,10 +318,16 @@ class ERPRMLabeler:
         self._backend = backend
         self._grader = grader
         self.summary: dict | None = None
-        self.generation_seconds = 0.0  # time spent in the backend's `generate` by the last `label` call
-        self.rollouts_generated = 0
+        self._reset_counts()
+        self._rollouts = RolloutCache()  # in memory; `label` opens the job's folder-backed cache
+        self._identity = None  # hash of the job arguments that key the rollout cache
         self.sampling = Sampling(config.temperature, config.top_p, config.max_new_tokens)
         self.step_format = StepFormat(config.step_separator)
+
+    def _reset_counts(self) -> None:
+        self.generation_seconds = 0.0  # time spent in the backend's `generate` by the last `label` call
+        self.rollouts_generated = self.generated_tokens = 0
+        self.prefixes_seen = self.prefixes_rolled_out = 0
 
     # -- lazily built parts ------------------------------------------------------------------------------------------
 
@@ -431,11 +445,13 @@ class ERPRMLabeler:
     # -- labeling rows ------------------------------------------------------------------------------------------------
 
     def label_rows(self, indices: Sequence[int], prompts, completions, golds) -> list[dict]:
-        """Label a batch of rows: generate every prefix's rollouts in one backend call, grade, build records.
+        """Label a batch of rows: roll out every step prefix not in the rollout cache (each distinct one once, in one
+        backend call), grade, build records.
 
         Args:
             indices (`list[int]`):
-                Input row indices (they seed the rollouts: the same row always gets the same samples).
+                Input row indices (they name the records; the rollouts are seeded by their prompts, see
+                [`SEED_POLICY`]).
             prompts (`list[str]`):
                 Problems.
             completions (`list[list[str]]`):
@@ -481,38 +497,17 @@ class ERPRMLabeler:
                 p.last_outcome = result.reward
                 alive.append(p)
 
-        jobs = [(p, length) for p in alive for length in range(1, len(p.steps))]
-        start = time.perf_counter()
-        texts = []
-        if jobs:
-            texts = self.backend.generate(
-                [self.rollout_prompt(p.prompt, p.steps[:length]) for p, length in jobs],
-                c.num_rollouts,
-                self.sampling,
-                seeds=[derive_seed(c.seed, p.index, length) for p, length in jobs],
-            )
-        self.generation_seconds += time.perf_counter() - start
-        self.rollouts_generated += len(jobs) * c.num_rollouts
-
-        graded = self.grader.grade(
-            [self.graded_text(p.steps[:length], t) for (p, length), ts in zip(jobs, texts) for t in ts],
-            [p.gold for (p, _), ts in zip(jobs, texts) for _ in ts],
-        )
-        position = 0
-        for (p, length), ts in zip(jobs, texts):
-            results = graded[position : position + len(ts)]
-            position += len(ts)
-            empty = sum(1 for t in ts if not t.strip())
-            p.counts["empty"] += empty
-            p.counts["no_answer"] += sum(1 for r in results if r.status == "no_answer")
-            p.counts["failures"] += sum(1 for r in results if r.status not in _GRADED)
-            p.counts["timeouts"] += sum(1 for r in results if r.status == "timeout")
+        prefixes = [(p, length) for p in alive for length in range(1, len(p.steps))]
+        for (p, length), entry in zip(prefixes, self._prefix_outcomes(prefixes)):
+            counts = entry["counts"]
+            for name in ("empty", "no_answer", "failures", "timeouts"):
+                p.counts[name] += counts[name]
             # A timeout or a worker error is not a wrong answer: the rollout is left out of the step's outcomes.
-            p.outcomes.append([r.reward for r in results if r.status in _GRADED])
-            if empty == len(ts) and p.no_text_step is None:
+            p.outcomes.append(list(entry["outcomes"]))
+            if counts["empty"] == c.num_rollouts and p.no_text_step is None:
                 p.no_text_step = length - 1
-            if not p.outcomes[-1] and p.ungraded_step is None:
-                p.ungraded_step = (length - 1, all(r.status == "timeout" for r in results))
+            if not entry["outcomes"] and p.ungraded_step is None:
+                p.ungraded_step = (length - 1, counts["timeouts"] == c.num_rollouts)
         for p in alive:
             status, message = "ok", ""
             if p.no_text_step is not None:
@@ -530,6 +525,117 @@ class ERPRMLabeler:
             rollouts = (len(p.steps) - 1) * c.num_rollouts
             records[p.index] = _record(p.index, status, message, outcomes, rollouts, p.counts)
         return [records[i] for i in indices]
+
+    def rollout_seed(self, prompt_ids: Sequence[int]) -> int:
+        """The seed of a step prefix's rollouts under [`SEED_POLICY`]: derived from the job's seed and the prefix's
+        rollout prompt, never from its row, so identical prefixes get identical rollouts.
+
+        Args:
+            prompt_ids (`list[int]`):
+                Token ids of the rollout prompt ([`rollout_prompt`]).
+
+        Returns:
+            `int`: The seed passed to the backend for this prompt.
+        """
+        return derive_seed(self.config.seed, "prefix", jobs.content_hash([list(prompt_ids)]))
+
+    def rollout_key(self, prompt_ids: Sequence[int], gold: str) -> str:
+        """The key of a step prefix's graded outcomes in the rollout cache: a SHA-256 of everything that decides them,
+        the exact rollout prompt (problem, prefix, prompt format, tokenizer), the gold answer, the generator, dtype and
+        backend, `N`, temperature, top-p, max new tokens, seed, [`SEED_POLICY`], the record format and the grader.
+
+        Args:
+            prompt_ids (`list[int]`):
+                Token ids of the rollout prompt ([`rollout_prompt`]).
+            gold (`str`):
+                The gold answer the rollouts are graded against.
+
+        Returns:
+            `str`: Hex digest; equal keys have equal outcomes.
+        """
+        return self._outcome_key(jobs.content_hash([list(prompt_ids)]), gold)
+
+    def _outcome_key(self, prompt_key: str, gold: str) -> str:
+        if self._identity is None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                grader = version("math-verify")
+            except PackageNotFoundError:
+                grader = None
+            job = {**self.config.job_arguments(), "backend": self.backend_name}
+            for name in ("prompt_column", "completions_column", "gold_column"):
+                job.pop(name)
+            self._identity = jobs.content_hash(
+                [ROLLOUT_CACHE_FORMAT, LABELS_FORMAT, SEED_POLICY, job, ("math-verify", grader)]
+            )
+        return jobs.content_hash([self._identity, prompt_key, gold])
+
+    def _prefix_outcomes(self, prefixes: list[tuple[_Pending, int]]) -> list[dict]:
+        """The outcome entry (`outcomes`, `counts`) of every step prefix `(row, length)`: reused when its key is in the
+        rollout cache or repeats in `prefixes` (unless `reuse_rollouts=False`), else rolled out and graded; each
+        distinct prompt is rolled out once and the new entries are stored."""
+        c, cache = self.config, self._rollouts
+        reuse = c.reuse_rollouts
+        prompts = [self.rollout_prompt(p.prompt, p.steps[:length]) for p, length in prefixes]
+        prompt_keys = [jobs.content_hash([ids]) for ids in prompts]
+        keys = [self._outcome_key(pk, p.gold) for pk, (p, _) in zip(prompt_keys, prefixes)]
+        entries: dict = {k: cache.get(k) for k in keys if reuse and cache.get(k) is not None}
+        todo, seen = [], set(entries)
+        for i, key in enumerate(keys):  # every prefix without reuse; each missing key once with it
+            if not reuse or key not in seen:
+                todo.append(i)
+                seen.add(key)
+        # Each distinct prompt is rolled out once, then graded against the gold of every key that needs it.
+        group = {i: prompt_keys[i] if reuse else i for i in todo}
+        slot, generate = {}, []
+        for i in todo:
+            if group[i] not in slot:
+                slot[group[i]] = len(generate)
+                generate.append(i)
+        texts = self._roll_out([prompts[i] for i in generate], [self.rollout_seed(prompts[i]) for i in generate])
+        texts = {i: texts[slot[group[i]]] for i in todo}
+        graded = self.grader.grade(
+            [self.graded_text(prefixes[i][0].steps[: prefixes[i][1]], t) for i in todo for t in texts[i]],
+            [prefixes[i][0].gold for i in todo for _ in texts[i]],
+        )
+        computed, position = {}, 0
+        for i in todo:
+            results = graded[position : position + len(texts[i])]
+            position += len(texts[i])
+            computed[i] = {
+                "outcomes": [r.reward for r in results if r.status in _GRADED],
+                "counts": {
+                    "empty": sum(1 for t in texts[i] if not t.strip()),
+                    "no_answer": sum(1 for r in results if r.status == "no_answer"),
+                    "failures": sum(1 for r in results if r.status not in _GRADED),
+                    "timeouts": sum(1 for r in results if r.status == "timeout"),
+                },
+            }
+        self.prefixes_seen += len(prefixes)
+        if not reuse:
+            return [computed[i] for i in range(len(prefixes))]
+        new = {keys[i]: computed[i] for i in todo}
+        cache.add(new)
+        entries.update(new)
+        return [entries[key] for key in keys]
+
+    def _roll_out(self, prompts: list[list[int]], seeds: list[int]) -> list[list[str]]:
+        """`num_rollouts` texts per prompt from the backend (its token counts too when it gives them)."""
+        if not prompts:
+            return []
+        c, backend = self.config, self.backend
+        start = time.perf_counter()
+        if hasattr(backend, "generate_completions"):
+            completions = backend.generate_completions(prompts, c.num_rollouts, self.sampling, seeds)
+            texts = [[completion.text for completion in row] for row in completions]
+            self.generated_tokens += sum(completion.num_tokens for row in completions for completion in row)
+        else:
+            texts = backend.generate(prompts, c.num_rollouts, self.sampling, seeds)
+        self.generation_seconds += time.perf_counter() - start
+        self.prefixes_rolled_out += len(prompts)
+        self.rollouts_generated += len(prompts) * c.num_rollouts
+        return texts
 
     # -- the job ------------------------------------------------------------------------------------------------------
 
@@ -553,6 +659,7 @@ class ERPRMLabeler:
             **c.job_arguments(),
             "backend": self.backend_name,
             "eta": c.eta if math.isfinite(c.eta) else str(c.eta),
+            "seed_policy": SEED_POLICY,
             "last_step": "graded full solution (one outcome, no rollouts)",
             "grader": {"name": "math-verify", "version": _version("math-verify"), "timeout": c.grading_timeout},
             "trl_erprm_version": _version("trl-erprm"),
@@ -623,7 +730,6 @@ class ERPRMLabeler:
     def _run_job(self, dataset, store: jobs.JobStore, state, prompts, completions, golds):
         """The body of [`label`], with the job folder open."""
         from datasets import load_from_disk
-        from tqdm.auto import tqdm
 
         c, root, num_rows = self.config, store.root, len(dataset)
         done = set(store.read_results())
@@ -631,33 +737,14 @@ class ERPRMLabeler:
         mine = [b for k, b in enumerate(batches) if k % state.num_processes == state.process_index]
         total = sum(len(b) for b in mine)
         todo = [[i for i in b if i not in done] for b in mine]
-        self.generation_seconds, self.rollouts_generated = 0.0, 0
+        self._reset_counts()
         self._graded_rollouts, self._no_answer_rollouts, self._warned_no_answer = 0, 0, False
         if any(todo):
-            self._start_up(verbose=state.is_local_main_process, rows=sum(len(b) for b in todo))
-        started = time.perf_counter()
-        bar = tqdm(
-            total=total,
-            initial=total - sum(len(b) for b in todo),
-            unit="row",
-            desc="ER-PRM labeling",
-            dynamic_ncols=True,
-            disable=not state.is_local_main_process,
-        )
-        with store.writer() as writer:
-            for batch in todo:
-                if not batch:
-                    continue
-                records = self.label_rows(
-                    batch, [prompts[i] for i in batch], [completions[i] for i in batch], [golds[i] for i in batch]
-                )
-                writer.write(records)
-                self._watch_answers(records)
-                bar.update(len(batch))
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(rollouts_per_s=f"{self.rollouts_generated / elapsed:.1f}")
-        bar.close()
-        run_seconds = time.perf_counter() - started
+            self._start_up(verbose=state.is_local_main_process, rows=sum(len(b) for b in todo), root=root)
+        try:
+            run_seconds = self._label_batches(store, state, todo, total, prompts, completions, golds)
+        finally:
+            self._rollouts.close()
 
         if state.is_main_process:
             results = self._wait_for_rows(store, num_rows)
@@ -682,13 +769,48 @@ class ERPRMLabeler:
             self.summary = json.loads((root / SUMMARY).read_text())
         return load_from_disk(str(root / DATASET))
 
-    def _start_up(self, verbose: bool, rows: int) -> None:
-        """Start the grader's workers in the background, then load the generator, saying what happens meanwhile."""
+    def _label_batches(self, store: jobs.JobStore, state, todo, total, prompts, completions, golds) -> float:
+        """Label this process's batches, appending each batch's records; returns the seconds it took."""
+        from tqdm.auto import tqdm
+
+        started = time.perf_counter()
+        bar = tqdm(
+            total=total,
+            initial=total - sum(len(b) for b in todo),
+            unit="row",
+            desc="ER-PRM labeling",
+            dynamic_ncols=True,
+            disable=not state.is_local_main_process,
+        )
+        with store.writer() as writer:
+            for batch in todo:
+                if not batch:
+                    continue
+                records = self.label_rows(
+                    batch, [prompts[i] for i in batch], [completions[i] for i in batch], [golds[i] for i in batch]
+                )
+                writer.write(records)
+                self._watch_answers(records)
+                bar.update(len(batch))
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(rollouts_per_s=f"{self.rollouts_generated / elapsed:.1f}")
+        bar.close()
+        return time.perf_counter() - started
+
+    def _start_up(self, verbose: bool, rows: int, root: Path) -> None:
+        """Start the grader's workers in the background, open the rollout cache, then load the generator, saying what
+        happens meanwhile."""
+        c = self.config
         say = logger.info if verbose else logger.debug
-        say(f"ER-PRM labeling: {rows} rows to label in {self.config.output_dir}.")
+        say(f"ER-PRM labeling: {rows} rows to label in {c.output_dir}.")
         if isinstance(self.grader, MathVerifyGrader):
             say(f"Starting {self.grader.num_workers} grading worker(s) in the background (math-verify).")
             self.grader.start()
+        if c.reuse_rollouts:
+            folder = Path(c.rollout_cache_dir) if c.rollout_cache_dir else root / ROLLOUTS
+            self._rollouts = RolloutCache(folder)
+            if self._rollouts.open():
+                say(f"Rollout cache {folder}: {self._rollouts.loaded} step prefixes already rolled out are reused.")
         if self._backend is None:
             say(f"Loading the generator {self.config.model_name_or_path} ({self.config.backend} backend)...")
             start = time.perf_counter()
@@ -765,7 +887,12 @@ class ERPRMLabeler:
             "this_run": {
                 "seconds": round(run_seconds, 3),
                 "rollouts_generated": self.rollouts_generated,
+                "generated_tokens": self.generated_tokens,
                 "generation_seconds": round(self.generation_seconds, 3),
+                "prefixes": self.prefixes_seen,
+                "prefixes_rolled_out": self.prefixes_rolled_out,
+                "prefixes_reused": self.prefixes_seen - self.prefixes_rolled_out,
+                "rollouts_reused": (self.prefixes_seen - self.prefixes_rolled_out) * self.config.num_rollouts,
                 "grader": self.grader.stats() if self._grader is not None else {},
             },
             "metadata": self.metadata(),
@@ -783,6 +910,13 @@ class ERPRMLabeler:
             logger.warning(message + ". Rows whose status is not 'ok' have no labels: see status_message.")
         else:
             logger.info(message)
+        run = summary["this_run"]
+        if run["prefixes_reused"]:
+            logger.info(
+                f"Rollouts reused for {run['prefixes_reused']} of {run['prefixes']} step prefixes "
+                f"({run['prefixes_reused'] / run['prefixes']:.0%}, identical prefixes rolled out once): "
+                f"{run['rollouts_reused']} rollouts not generated."
+            )
         if summary["num_grading_timeouts"]:
             logger.warning(
                 f"{summary['num_grading_timeouts']} rollouts timed out in grading, even on the retry with a longer "
@@ -812,6 +946,7 @@ class ERPRMLabeler:
             `ERPRMDataCollator`: The collator.
         """
         from ..data.stepwise import ERPRMDataCollator
+        from ..functional import resolve_eta
 
         return ERPRMDataCollator(tokenizer, eta=resolve_eta(self.config.eta if eta is None else eta), **kwargs)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..functional import resolve_eta
-
 
 #: Where the step prefix goes in the rollout prompt; see `ERPRMLabelerConfig.prefix_placement`.
 PREFIX_PLACEMENTS = ("assistant", "user", "plain")
@@ -40,8 +38,9 @@ class ERPRMLabelerConfig:
             Dtype of the generator weights (`"auto"`, `"float32"`, `"bfloat16"`, `"float16"`).
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Whether to run model code from the Hub. Off by default: model repositories are untrusted.
-        generation_batch_size (`int`, *optional*, defaults to `64`):
-            `"transformers"` backend: maximum number of sequences (prefixes times `num_rollouts`) per `generate` call.
+                generation_batch_size (`int`, *optional*, defaults to `64`):
+            `"transformers"` backend: maximum number of rollouts decoded together (a chunk: prefixes times
+            `num_rollouts`; each distinct prefix of a chunk is prefilled once). On a CPU, 128-256 decode faster.
         vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.9`):
             `"vllm"` backend: share of GPU memory the engine may take.
         vllm_max_model_len (`int`, *optional*):
@@ -66,8 +65,9 @@ class ERPRMLabelerConfig:
         max_new_tokens (`int`, *optional*, defaults to `1024`):
             Maximum tokens per rollout (1024 in the paper).
         seed (`int`, *optional*, defaults to `0`):
-            Seed of the rollouts. The rollouts of step `l` of row `i` use a seed derived from `(seed, i, l)` only, so
-            an interrupted, resumed or multi-process job samples exactly what a one-shot job samples.
+            Seed of the rollouts. The rollouts of a step prefix use a seed derived from `seed` and the prefix's rollout
+            prompt only (`SEED_POLICY` of the labeler: not from its row), so an interrupted, resumed or multi-process
+            job samples exactly what a one-shot job samples, and identical prefixes get identical rollouts.
 
         > Prompts
 
@@ -113,6 +113,15 @@ class ERPRMLabelerConfig:
             `output_dir/dataset`. Starting the same job again resumes it.
         batch_size (`int`, *optional*, defaults to `8`):
             Rows whose prefixes are generated (and written) together. Not part of the job's identity.
+        reuse_rollouts (`bool`, *optional*, defaults to `True`):
+            Roll out each distinct step prefix once: a prefix whose rollout key (the exact rollout prompt, the gold
+            answer, the generator and every sampling argument) was already rolled out, in this job, a resumed run or
+            another job sharing `rollout_cache_dir`, reuses the stored outcomes. The rows are the same either way
+            (the seeds come from the prefixes); `False` rolls out every prefix of every row. Not part of the job's
+            identity.
+        rollout_cache_dir (`str`, *optional*):
+            Folder of the stored rollout outcomes; defaults to `output_dir/rollouts`. Point several jobs (a job that
+            only adds rows, a repeat with another `eta`...) at one folder to share their rollouts.
         overwrite (`bool`, *optional*, defaults to `False`):
             Delete the results of a job with different arguments found in `output_dir` and start again, instead of
             raising an error.
@@ -142,7 +151,7 @@ class ERPRMLabelerConfig:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     max_new_tokens: int = field(default=1024, metadata={"help": "Maximum tokens per rollout."})
-    seed: int = field(default=0, metadata={"help": "Seed of the rollouts (per row and step)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the rollouts (per step prefix content)."})
     prefix_placement: str = field(
         default="assistant",
         metadata={"help": "Where the step prefix goes.", "choices": list(PREFIX_PLACEMENTS)},
@@ -162,12 +171,18 @@ class ERPRMLabelerConfig:
     grading_timeout: float = field(default=5.0, metadata={"help": "Seconds allowed to grade one answer."})
     output_dir: str = field(default="erprm-labels", metadata={"help": "Job folder (resumable)."})
     batch_size: int = field(default=8, metadata={"help": "Rows generated and written together."})
+    reuse_rollouts: bool = field(default=True, metadata={"help": "Roll out each distinct step prefix once."})
+    rollout_cache_dir: str | None = field(
+        default=None, metadata={"help": "Stored rollout outcomes, shareable by jobs (default: output_dir/rollouts)."}
+    )
     overwrite: bool = field(default=False, metadata={"help": "Discard a different job's results in output_dir."})
     push_to_hub: bool = field(default=False, metadata={"help": "Push the merged dataset to the Hub."})
     hub_dataset_id: str | None = field(default=None, metadata={"help": "Hub repository of the dataset."})
     hub_private: bool = field(default=False, metadata={"help": "Whether the Hub repository is private."})
 
     def __post_init__(self):
+        from ..functional import resolve_eta  # torch loads with the generator, not with the command line
+
         self.eta = resolve_eta(self.eta)
         if self.backend not in ("transformers", "vllm", "vllm_server"):
             raise ValueError(f"backend={self.backend!r}: choose 'transformers', 'vllm' or 'vllm_server'.")
