@@ -248,4 +248,3 @@ def build_stepwise_dataset(
         for _, _, problem, check in _checked_rows(problems, solutions, separator)
     ]
     return Dataset.from_list(rows)
-
