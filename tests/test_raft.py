@@ -229,18 +229,26 @@ def test_given_samples_are_scored_and_selected_without_sampling(causal_lm_path, 
     assert report["rounds"][1]["given"] is True and report["rounds"][1]["samples"] == 9
     kept = json.loads((out / "round-1" / "selection.json").read_text())["kept"]
     assert kept == {"0": [1], "1": [0], "2": [1]}
-    # Other samples, same folder and settings: another run (the samples are part of its identity), started over.
+    # Other samples, same folder and settings: another run (the samples are part of its identity), started over; the
+    # start policy's evaluation of the first run is recorded, not repeated.
     other = [list(reversed(texts)) for texts in given]
-    run_raft(
+    start = {k: report["rounds"][0][k] for k in ("accuracy", "eval_problems")}
+    again = run_raft(
         config(out, scoring="majority", overwrite=True), causal_lm_path, train_problems=problems,
-        eval_problems=HELD_OUT, samples=other,
+        eval_problems=HELD_OUT, samples=other, start_eval=start,
     )  # fmt: skip
+    assert again["rounds"][0] == {"round": 0, **start, "given": True} and not (out / "round-0" / "eval").exists()
     assert [read_results(out / "round-1" / "samples")[i]["completions"] for i in range(3)] == other
     assert json.loads((out / "round-1" / "selection.json").read_text())["kept"] == {"0": [0], "1": [1], "2": [0]}
     with pytest.raises(ValueError, match=r"samples\[1\] must be a list of num_samples=3"):
         run_raft(
             config(tmp_path / "bad"), causal_lm_path, train_problems=problems, eval_problems=HELD_OUT,
             samples=[["a", "b", "c"], ["a"], ["a", "b", "c"]],
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="start_eval must be round 0 of a run on the same 2 held-out problems"):
+        run_raft(
+            config(tmp_path / "bad"), causal_lm_path, train_problems=problems, eval_problems=HELD_OUT,
+            start_eval={"accuracy": 0.5, "eval_problems": 3},
         )  # fmt: skip
     with pytest.raises(ValueError, match="one list of completions per training problem"):
         run_raft(config(tmp_path / "bad"), causal_lm_path, train_problems=problems, eval_problems=HELD_OUT, samples=[])

@@ -4,8 +4,8 @@ selector, all from the same policy and, in round 1, the same samples.
 Round 1 samples `raft_num_samples` solutions per training problem ONCE; each selector (a PRM, `outcome`: a solution
 with the right final answer, `majority`: one with the most frequent answer) keeps its best sample per problem and
 the policy is fine-tuned on the kept ones with TRL's SFTTrainer; the held-out accuracy of the start and of each
-round's policy is measured with `raft_eval_samples` samples per problem at temperature 1. Each run is a resumable
-job folder (`raft/<selector>/`).
+round's policy is measured with `raft_eval_samples` samples per problem at temperature 1 (the start policy once, by
+the first run; the others record that measurement). Each run is a resumable job folder (`raft/<selector>/`).
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ def raft_config(config, seed: int, folder: Path):
         num_samples=config.raft_num_samples,
         temperature=1.0,
         max_new_tokens=config.max_new_tokens,
-        generation_batch_size=128,
+        generation_batch_size=256,
         selection="best_of_n",
         aggregation=config.aggregation,
         prm_step_separator=STEP_SEPARATOR,
         eval_temperature=1.0,
-        chunk_size=64,
+        chunk_size=256,
         overwrite=True,  # the same run resumes; another one (other settings or samples) starts over
         plot=False,
         learning_rate=config.raft_learning_rate,
@@ -108,7 +108,7 @@ def run_raft_stage(config, seed: int, policy_path: str, model, tokenizer, train_
     train_rows = _problems(train_problems, tokenizer)
     eval_rows = _problems(test_problems, tokenizer, config.raft_eval_samples)  # k samples per problem, seeds differ
     grader = MathVerifyGrader(num_workers=1)
-    results = {}
+    results, start = {}, None
     try:
         for name in config.raft_selectors:
             say(f"    RAFT with {name} selection, {config.raft_rounds} round(s)")
@@ -117,7 +117,11 @@ def run_raft_stage(config, seed: int, policy_path: str, model, tokenizer, train_
                 report = run_raft(
                     raft_config(config, seed, Path(out) / "raft" / name), policy=policy_path, tokenizer=tokenizer,
                     train_problems=train_rows, eval_problems=eval_rows, scorer=scorer, grader=grader, samples=samples,
+                    start_eval=start,
                 )  # fmt: skip
+            start = {
+                k: v for k, v in report["rounds"][0].items() if k in ("accuracy", "eval_problems", "eval_not_graded")
+            }
             results[name] = {"accuracy": report["accuracy"], "rounds": report["rounds"], "stopped": report["stopped"]}
             say(f"    {name}: held-out accuracy by round {[round(100 * a, 1) for a in report['accuracy']]}")
     finally:

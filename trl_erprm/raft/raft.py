@@ -557,6 +557,7 @@ def run_raft(
     grader=None,
     on_stage_end: Callable[[int, str, dict], None] | None = None,
     samples: Sequence[Sequence[str]] | None = None,
+    start_eval: dict | None = None,
 ) -> dict:
     """Run RAFT end to end, resuming what `config.output_dir` already holds, and write the reports.
 
@@ -588,6 +589,10 @@ def run_raft(
             of the problems. Round 1 scores and selects them instead of sampling, so several runs that differ only in
             their scorer (RAFT with several PRMs, outcome or majority selection) share one sampling pass. They are
             part of the run's identity; later rounds sample from the round's policy as usual.
+        start_eval (`dict`, *optional*):
+            Round 0's evaluation of the SAME initial policy on the same held-out problems with the same settings and
+            seed, by another run (its `report["rounds"][0]`, with `accuracy` and `eval_problems`): recorded instead of
+            evaluating the initial policy again (runs that differ only in their scorer measure the same start).
 
     Returns:
         `dict`: The report written to `results.json`: `rounds` (one summary per round: `accuracy`, `selected`,
@@ -608,6 +613,15 @@ def run_raft(
         raise ValueError("RAFT needs a policy: set --model_name_or_path (or pass policy to run_raft).")
     if samples is not None:
         samples = _check_samples(samples, len(train), config.num_samples)
+    if start_eval is not None and (
+        not isinstance(start_eval, dict)
+        or "accuracy" not in start_eval
+        or start_eval.get("eval_problems") != len(held_out)
+    ):
+        raise ValueError(
+            f"start_eval must be round 0 of a run on the same {len(held_out)} held-out problems (a dict with 'accuracy' "
+            f"and 'eval_problems'), got {start_eval!r:.120}."
+        )
     run = _Run(config, policy, tokenizer, train, held_out, scorer, grader, on_stage_end, samples)
     done = run.open()
     rounds, stopped = [], None
@@ -627,6 +641,8 @@ def run_raft(
                         "select": run.select,
                         "train": run.train_policy,
                     }
+                    if k == 0 and start_eval is not None:  # the initial policy, measured by another run
+                        action["eval"] = lambda _: {**start_eval, "given": True}
                     record = run.finish(k, stage, action.get(stage, run.evaluate)(k))
                 summary.update({key: v for key, v in record.items() if key not in ("index", "round", "stage")})
                 if record.get("stopped"):
