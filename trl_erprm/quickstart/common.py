@@ -13,6 +13,17 @@ from dataclasses import dataclass
 import torch
 
 
+__all__ = [
+    "STEP_SEPARATOR",
+    "Candidate",
+    "check_candidates",
+    "environment",
+    "load_average",
+    "sample_candidates",
+    "stage_seed",
+]
+
+#: The text between two steps of the task's solutions.
 STEP_SEPARATOR = "\n\n"
 
 

@@ -28,8 +28,8 @@ def run_search_stage(config, seed: int, model, tokenizer, problems, scorer) -> d
             Its tokenizer.
         problems (`list[Problem]`):
             Held-out problems (the first `config.search_problems` are searched).
-        scorer:
-            The PRM's scorer (`score(prompts, steps)`).
+        scorer (`LMHeadScorer` or any object with `score(prompts, steps)`):
+            The PRM's scorer.
 
     Returns:
         `dict`: `prm`, `n_values`, `beam_width`, `num_problems`, `num_seeds`, `curves` (accuracy) and `tokens`
