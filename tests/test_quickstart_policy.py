@@ -62,9 +62,10 @@ def test_cache_is_reused_and_keyed_by_the_settings(fast_policy):
     assert train_policy(root, FAST, show_progress=False) == path
     assert weights.stat().st_mtime_ns == before
     other = PolicyConfig(
-        max_steps=100, batch_size=16, warmup_steps=10, learning_rate=5e-3, task=TaskConfig(max_steps=4)
+        max_steps=100, batch_size=16, warmup_steps=10, learning_rate=5e-3, task=TaskConfig(max_steps=5)
     )
     assert other.cache_key() != FAST.cache_key()
+    assert PolicyConfig(misconception=0.0).cache_key() != PolicyConfig().cache_key()
     assert not policy_path(root, other).exists()
     assert (
         PolicyConfig(max_steps=100, batch_size=16, warmup_steps=10, learning_rate=5e-3).cache_key() == FAST.cache_key()
