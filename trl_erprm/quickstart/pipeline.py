@@ -82,7 +82,8 @@ def run_seed(config: QuickstartConfig, seed: int) -> dict:
     out = Path(config.output_dir) / f"seed-{seed}"
     out.mkdir(parents=True, exist_ok=True)
     started, timings = time.perf_counter(), {}
-    names = ("problems", "train_sampling", "test_sampling", "rollouts", "prm", "implicit_prm", "subsets", "raft")
+    names = ("problems", "test", "train_sampling", "test_sampling", "rollouts", "prm", "implicit_prm", "subsets")
+    names += ("raft", "raft_samples", "search")
     results = {"seed": seed, "stage_seeds": {name: stage_seed(seed, name) for name in names}, "prms": {}}
     total = len(STAGES) - (not config.search) - (not config.raft_rounds)
 

@@ -274,7 +274,8 @@ def _plt():
 
 
 def write_plots(results: dict, out: Path) -> dict[str, str]:
-    """Best-of-N accuracy against N with the spread, the eta sweep, and RAFT accuracy per round (PNG, Agg backend).
+    """Best-of-N accuracy against N with the spread (the references, the soft, ER, hard, control and implicit PRMs), the
+    eta sweep, and RAFT accuracy per round (PNG, Agg backend).
 
     The spread is the std over seeds, or, with one seed, over the random candidate subsets of that seed.
 
@@ -292,8 +293,10 @@ def write_plots(results: dict, out: Path) -> dict[str, str]:
     cfg, summary, n_values = results["config"], results["summary"], results["n_values"]
     one = results["per_seed"][0]["best_of_n"]["curves"]
     curves = {}
+    er = prm_name(float(cfg["er_eta"]))
+    shown = {"majority", "pass@n", "bon_soft", f"bon_{er}", "bon_hard", "bon_control", "bon_implicit"}
     for label, method in [("first sample", None), *_method_rows(cfg)]:
-        if method is not None and "weighted" in method:
+        if method is not None and method not in shown:  # the other etas are in the eta-sweep plot
             continue
         key = "first_sample" if method is None else None
         by_n = {}
