@@ -20,7 +20,8 @@ DEFAULT_SETTINGS = {
     "num_subset_draws": 10,
     "raft_num_samples": 8,
     "raft_eval_samples": 4,
-    "search_problems": 32,
+    "search_problems": 64,
+    "search_n_values": [4, 8, 16],
 }
 
 #: Toy sizes of `--fast`: every stage runs, in about a minute; the numbers mean nothing.
@@ -37,6 +38,7 @@ FAST_SETTINGS = {
     "raft_num_samples": 2,
     "raft_eval_samples": 1,
     "search_problems": 4,
+    "search_n_values": [4, 8],
 }
 
 #: RAFT selectors that are not a PRM: the grader's verdict on the final answer, and majority vote.
@@ -131,9 +133,9 @@ class QuickstartConfig:
         search (`bool`, *optional*, defaults to `False`):
             Also compare beam search, DVTS and Best-of-N with the ER-PRM at equal generated tokens.
         search_problems (`int` or `None`, *optional*, defaults to `None`):
-            Held-out problems of the search stage (32; 4).
-        search_n_values (`list[int]`, *optional*, defaults to `[4, 8]`):
-            Values of N of the search stage (multiples of `search_beam_width`).
+            Held-out problems of the search stage (64; 4).
+        search_n_values (`list[int]` or `None`, *optional*, defaults to `None`):
+            Values of N of the search stage, multiples of `search_beam_width` (`[4, 8, 16]`; `[4, 8]`).
         search_beam_width (`int`, *optional*, defaults to `4`):
             Beam width `M` of the search stage.
         plot (`bool`, *optional*, defaults to `True`):
@@ -176,8 +178,8 @@ class QuickstartConfig:
     raft_epochs: float = field(default=2.0, metadata={"help": "Epochs of RAFT's fine-tuning per round."})
     raft_eval_samples: int | None = field(default=None, metadata={"help": "Samples per held-out problem (4; 1)."})
     search: bool = field(default=False, metadata={"help": "Also compare beam search, DVTS and Best-of-N."})
-    search_problems: int | None = field(default=None, metadata={"help": "Problems of the search stage (32; 4)."})
-    search_n_values: list[int] = field(default_factory=lambda: [4, 8], metadata={"help": "N of the search stage."})
+    search_problems: int | None = field(default=None, metadata={"help": "Problems of the search stage (64; 4)."})
+    search_n_values: list[int] | None = field(default=None, metadata={"help": "N of the search stage (4 8 16; 4 8)."})
     search_beam_width: int = field(default=4, metadata={"help": "Beam width of the search stage."})
     plot: bool = field(default=True, metadata={"help": "Write the PNG plots."})
 

@@ -244,7 +244,8 @@ def _search_table(results: dict, summary: dict) -> str:
     n_values = search["n_values"]
     lines = [
         f"Search with the ER-PRM on {search['num_problems']} held-out problems: accuracy (%) / generated tokens per "
-        f"problem (beam width {search['beam_width']}; each seed: mean over {search['num_seeds']} repetitions).",
+        f"problem (beam width {search['beam_width']}; each seed: mean over {search['num_seeds']} repetitions; ± is "
+        + ("the std over seeds)." if len(results["seeds"]) > 1 else "the std over the repetitions)."),
         "",
         "| method | " + " | ".join(f"N={n}" for n in n_values) + " |",
         "|---|" + "---:|" * len(n_values),
@@ -254,7 +255,10 @@ def _search_table(results: dict, summary: dict) -> str:
         for n in n_values:
             tokens = summary.get(f"search_tokens/{base_method(method)}/{n}")
             cost = f" / {tokens['mean']:.0f}" if tokens else ""
-            cells.append(_cell(summary, f"search/{method}/{n}", False) + cost)
+            cell = _cell(summary, f"search/{method}/{n}", False)
+            if len(results["seeds"]) == 1:  # the spread over the repetitions of the one seed
+                cell += f" ± {pct(search['curves'][method][str(n)]['std'])}"
+            cells.append(cell + cost)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
