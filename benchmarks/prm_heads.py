@@ -42,22 +42,22 @@ def run(quick: bool = False, seed: int = 0, learning_rate: float = 1e-3) -> dict
     from trl_erprm import ERPRMConfig, ERPRMTrainer
     from trl_erprm.evaluation.scorers import LMHeadScorer, TokenClassificationScorer
     from trl_erprm.models import load_model
-    from trl_erprm.quickstart import pipeline as qs
+    from trl_erprm.quickstart import bon, pipeline, task
+    from trl_erprm.quickstart.common import STEP_SEPARATOR, sample_candidates, stage_seed, trainer_args
+    from trl_erprm.quickstart.config import QuickstartConfig, prm_name
+    from trl_erprm.quickstart.labels import label_training_solutions
     from trl_erprm.quickstart.policy import format_prompt
 
-    sizes = {}  # the quickstart's own sizes: 128 x 4 training solutions, 8 rollouts, 128 x 16 held-out candidates
+    sizes = {}  # the quickstart's own sizes: 256 x 4 training solutions, 8 rollouts, 200 x 16 held-out candidates
     if quick:
         sizes = {"num_train_problems": 8, "num_test_problems": 8, "num_candidates": 4, "num_rollouts": 2}
-    config = qs.quickstart_config(seed=seed, prm_learning_rate=learning_rate, num_subset_draws=10, **sizes)
+    config = QuickstartConfig(seed=seed, prm_learning_rate=learning_rate, num_subset_draws=10, **sizes)
     out = Path(tempfile.mkdtemp(prefix="prm-heads-"))
-    seeds = {name: qs.stage_seed(seed, name) for name in ("problems", "train_sampling", "test_sampling", "subsets")}
-    policy_path, model, tokenizer, _ = qs._policy(config)
-    train_problems = qs._distinct_problems(config.num_train_problems, seeds["problems"], set())
-    test_problems = qs._distinct_problems(
-        config.num_test_problems, seeds["problems"] + 1, {p.text for p in train_problems}
-    )
-    train, outcomes, label_quality, data = qs._labels(
-        config, seeds, policy_path, model, tokenizer, train_problems, out
+    policy_path, model, tokenizer, _ = pipeline._policy(config, seed)
+    train_problems = task.distinct_problems(config.num_train_problems, None, stage_seed(seed, "problems"))
+    test_problems = task.distinct_problems(config.num_test_problems, None, stage_seed(seed, "test"), train_problems)
+    train, outcomes, label_quality, data = label_training_solutions(
+        config, seed, policy_path, model, tokenizer, train_problems, out
     )
     prompts = {p.text: format_prompt(tokenizer, p) for p in train_problems + test_problems}
     train_prompts = [prompts[train_problems[c.problem].text] for c in train]
@@ -75,9 +75,9 @@ def run(quick: bool = False, seed: int = 0, learning_rate: float = 1e-3) -> dict
     }
 
     common = {
-        **qs._trainer_args(str(out / "prm"), qs.stage_seed(seed, "prm")),
-        "eta": config.eta,
-        "step_separator": qs.STEP_SEPARATOR,
+        **trainer_args(str(out / "prm"), stage_seed(seed, "prm")),
+        "eta": config.er_eta,
+        "step_separator": STEP_SEPARATOR,
         "max_length": 256,
         "num_train_epochs": config.prm_epochs,
         "per_device_train_batch_size": config.prm_batch_size,
@@ -97,7 +97,7 @@ def run(quick: bool = False, seed: int = 0, learning_rate: float = 1e-3) -> dict
     for labels, rows in labelled.items():
         for name, (extra, build) in heads.items():
             key = f"{name}/{labels}"
-            torch.manual_seed(qs.stage_seed(seed, "prm"))  # the same start for every PRM
+            torch.manual_seed(stage_seed(seed, "prm"))  # the same start for every PRM
             args = ERPRMConfig(**{**common, "output_dir": str(out / name / labels), **extra})
             dataset = Dataset.from_list(rows)
             trainer = ERPRMTrainer(model=build(), args=args, train_dataset=dataset, processing_class=tokenizer)
@@ -107,16 +107,22 @@ def run(quick: bool = False, seed: int = 0, learning_rate: float = 1e-3) -> dict
             prm = trainer.model.eval()
             if name == "lm":
                 scorers[key] = LMHeadScorer(
-                    prm, tokenizer, step_separator=qs.STEP_SEPARATOR, prompt_separator="", batch_size=32
+                    prm, tokenizer, step_separator=STEP_SEPARATOR, prompt_separator="", batch_size=32
                 )
             else:
-                scorers[key] = TokenClassificationScorer(
-                    prm, tokenizer, step_separator=qs.STEP_SEPARATOR, batch_size=32
-                )
+                scorers[key] = TokenClassificationScorer(prm, tokenizer, step_separator=STEP_SEPARATOR, batch_size=32)
 
-    test = qs._sample(model, tokenizer, test_problems, config.num_candidates, seeds["test_sampling"], config)
+    test = sample_candidates(
+        model,
+        tokenizer,
+        test_problems,
+        config.num_candidates,
+        stage_seed(seed, "test_sampling"),
+        config.max_new_tokens,
+    )
     test_prompts = [prompts[test_problems[c.problem].text] for group in test for c in group]
-    best_of_n, step_f1 = qs._evaluate(config, scorers, test, test_prompts, train, train_prompts, seeds["subsets"])
+    subsets = stage_seed(seed, "subsets")
+    best_of_n, step_f1 = bon.evaluate_prms(config, scorers, test, test_prompts, train, train_prompts, subsets)
     curves = best_of_n["curves"]
     table = {
         name: {
@@ -137,10 +143,10 @@ def run(quick: bool = False, seed: int = 0, learning_rate: float = 1e-3) -> dict
         "settings": {
             **{k: getattr(config, k) for k in ("num_train_problems", "samples_per_problem", "num_rollouts")},
             **{k: getattr(config, k) for k in ("num_test_problems", "num_candidates", "prm_batch_size")},
-            **{"eta": config.eta, "epochs": config.prm_epochs, "learning_rate": learning_rate, "seed": seed},
+            **{"eta": config.er_eta, "epochs": config.prm_epochs, "learning_rate": learning_rate, "seed": seed},
         },
         "data": data,
-        "label_step_accuracy_er": label_quality["er"]["step_accuracy"],
+        "label_step_accuracy_er": label_quality[prm_name(config.er_eta)]["step_accuracy"],
         "heads": table,
         "references": references,
     }

@@ -203,3 +203,36 @@ def test_graded_problems_leaves_out_timeouts_and_unparsable_golds():
     assert kept == [0, 3, 4]
     assert left_out == {"problems_gold_unparsable": 1, "problems_with_grading_timeouts": 2}
     assert "2 problem(s) have a candidate whose grading timed out" in grading_timeout_message(2)
+
+
+def test_local_step_auc_by_hand():
+    from trl_erprm.evaluation.metrics import local_step_auc
+
+    nan = math.nan
+    scores = [
+        # problem A: an error-free solution, a solution wrong from step 0, one wrong from step 1
+        [[0.9, 0.8], [0.3, 0.7], [0.9, 0.2]],
+        # problem B: a tie at step 0, and a NaN score (left out)
+        [[0.5], [0.5], [nan]],
+    ]
+    first_errors = [[-1, 0, 1], [-1, 0, 0]]
+    # A, k=0: good 0.9 (error-free), 0.9 (first error later) vs bad 0.3 -> 2 wins. A, k=1: good 0.8 vs bad 0.2 -> 1
+    # win (the solution wrong from step 0 is neither good nor first-wrong at k=1). B, k=0: 0.5 vs 0.5 -> one half.
+    assert local_step_auc(scores, first_errors) == pytest.approx(3.5 / 4)
+    # A PRM that ranks by problem only (every step of a problem scored alike) is at chance within problems.
+    assert local_step_auc([[[0.9], [0.9]], [[0.1], [0.1]]], [[-1, 0], [-1, 0]]) == 0.5
+    assert math.isnan(local_step_auc([[[0.9], [0.8]]], [[-1, -1]]))  # no wrong step: no pair
+    with pytest.raises(ValueError, match="Problem 0: 2 scored solutions but 1 first errors"):
+        local_step_auc([[[0.9], [0.8]]], [[-1]])
+
+
+def test_pairwise_accuracy_by_hand():
+    from trl_erprm.evaluation.metrics import pairwise_accuracy
+
+    scores = [[0.9, 0.1, 0.5], [0.2, 0.6], [math.nan, 0.3], [0.7, 0.8], [0.4, 0.4]]
+    correct = [[True, False, True], [True, False], [False, True], [True, True], [True, False]]
+    # (0.9 > 0.1), (0.5 > 0.1): 2 wins; (0.2 < 0.6): 0; NaN ranks lowest: 0.3 beats it: 1; all right: no pair; tie: 1/2
+    assert pairwise_accuracy(scores, correct) == pytest.approx(3.5 / 5)
+    assert math.isnan(pairwise_accuracy([[0.1, 0.2]], [[False, False]]))
+    with pytest.raises(ValueError, match="Problem 0: 2 scores but 1 correctness values"):
+        pairwise_accuracy([[0.1, 0.2]], [[True]])

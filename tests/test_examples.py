@@ -555,12 +555,12 @@ def _subcommand_parsers() -> dict:
     from trl_erprm.evaluation.bon import BestOfNArguments
     from trl_erprm.evaluation.stepeval import StepEvalArguments
     from trl_erprm.labeling.labeler import make_parser as label_parser
-    from trl_erprm.quickstart import pipeline
+    from trl_erprm.quickstart.config import make_quickstart_parser
     from trl_erprm.raft import RAFTConfig
     from trl_erprm.search import SearchConfig
 
     return {
-        "quickstart": pipeline._parser,
+        "quickstart": make_quickstart_parser,
         "label": label_parser,
         "bon": lambda: make_parser((BestOfNArguments,)),
         "stepeval": lambda: make_parser((StepEvalArguments,)),
@@ -590,10 +590,7 @@ def test_documented_commands_parse():
             errors = io.StringIO()
             try:
                 with contextlib.redirect_stderr(errors):
-                    if words[1] == "quickstart":
-                        parser.parse_args(words[2:])
-                    else:
-                        parser.parse_args_and_config(words[2:])
+                    parser.parse_args_and_config(words[2:])
             except SystemExit:
                 pytest.fail(f"{page}: `{command}` is rejected: {errors.getvalue().strip().splitlines()[-1]}")
             checked += 1

@@ -1,4 +1,5 @@
-"""`trl-erprm quickstart`: the pure pieces against hand-computed values, then `--fast` end to end, twice."""
+"""`trl-erprm quickstart`: the pure pieces against hand-computed values, then `--fast` end to end over two seeds with
+the search stage, and once more with one seed (the same seed gives the same results)."""
 
 import contextlib
 import io
@@ -9,19 +10,21 @@ import pytest
 from datasets import load_from_disk
 
 from trl_erprm.functional import er_label
-from trl_erprm.quickstart.pipeline import (
+from trl_erprm.jobs import read_results
+from trl_erprm.quickstart.bon import step_f1
+from trl_erprm.quickstart.common import stage_seed
+from trl_erprm.quickstart.config import (
+    DEFAULT_SETTINGS,
     FAST_SETTINGS,
     QuickstartConfig,
-    _parser,
     default_policy_dir,
-    label_quality,
+    make_quickstart_parser,
+    prm_name,
     quickstart_config,
-    quickstart_main,
-    stage_seed,
-    step_f1,
-    task_answer_reward,
 )
-from trl_erprm.quickstart.task import generate_problems
+from trl_erprm.quickstart.labels import label_quality
+from trl_erprm.quickstart.pipeline import quickstart_main
+from trl_erprm.quickstart.report import compare, summarize_seeds
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -75,39 +78,61 @@ def test_step_f1_without_error_free_calibration_says_why():
     assert "error-free" in out["calibrated"]["note"] or "without one" in out["calibrated"]["note"]
 
 
-def test_task_answer_reward_reads_strings_and_messages():
-    problem = generate_problems(1, seed=3)[0]
-    right = problem.solution()
-    wrong = right.replace(f"\\boxed{{{problem.answer}}}", f"\\boxed{{{problem.answer + 1}}}")
-    completions = [right, [{"role": "assistant", "content": right}], wrong, "", "no answer at all"]
-    rewards = task_answer_reward(prompts=[None] * 5, completions=completions, problem=[problem.text] * 5, answer=["x"])
-    assert rewards == [1.0, 1.0, 0.0, 0.0, 0.0]
+def test_summary_and_comparisons_by_hand():
+    per_seed = [{"a": 0.9, "b": 0.5, "c": 0.55, "only_first": 1.0}, {"a": 0.8, "b": 0.6, "c": 0.65}]
+    summary = summarize_seeds(per_seed)
+    assert set(summary) == {"a", "b", "c"}  # a metric missing in a seed is not summarised
+    assert summary["a"]["mean"] == pytest.approx(0.85) and summary["a"]["std"] == pytest.approx(0.05)
+    assert summary["a"]["values"] == [0.9, 0.8]
+    # a - b = 0.30 against a spread of 0.05 + 0.05: exceeds; c - b = 0.05 against 0.10: within.
+    exceeds = compare(summary, "a", "b", "a vs b")
+    assert exceeds["verdict"] == "exceeds the spread" and exceeds["difference"] == pytest.approx(0.30)
+    assert exceeds["paired"] == pytest.approx([0.4, 0.2]) and exceeds["spread"] == pytest.approx(0.10)
+    assert compare(summary, "c", "b", "c vs b")["verdict"] == "within the spread"
+    assert compare(summary, "a", "missing", "x") is None
+    one = summarize_seeds([{"a": 0.9, "b": 0.1}])
+    assert one["a"]["std"] == 0.0 and compare(one, "a", "b", "x")["verdict"] == "one seed: no spread"
 
 
-def test_config_precedence_defaults_fast_then_explicit():
-    assert QuickstartConfig().num_rollouts == 8 and not QuickstartConfig().fast
+def test_config_defaults_fast_and_explicit_sizes():
+    default = QuickstartConfig()
+    assert all(getattr(default, k) == v for k, v in DEFAULT_SETTINGS.items())
+    assert default.raft_selectors == ["soft", "er2", "hard", "outcome", "majority"] and default.raft_rounds == 1
+    assert default.head == "lm" and not default.search and default.seed_list == [0]
     fast = quickstart_config(fast=True)
-    assert fast.fast and all(getattr(fast, k) == v for k, v in FAST_SETTINGS.items())
-    mixed = quickstart_config(fast=True, num_rollouts=6, seed=3)
-    assert mixed.num_rollouts == 6 and mixed.seed == 3 and mixed.num_candidates == FAST_SETTINGS["num_candidates"]
+    assert all(getattr(fast, k) == v for k, v in FAST_SETTINGS.items())
+    mixed = quickstart_config(fast=True, num_rollouts=8, seed=3, seeds=2)  # explicit wins, even if it is a default
+    assert (
+        mixed.num_rollouts == 8
+        and mixed.seed_list == [3, 4]
+        and mixed.num_candidates == FAST_SETTINGS["num_candidates"]
+    )
+    assert [prm_name(e) for e in (0.0, 1.0, 2.5, math.inf)] == ["soft", "er1", "er2.5", "hard"]
 
 
 def test_parser_builds_the_same_config():
-    args = vars(_parser().parse_args(["--fast", "--num_rollouts", "3", "--eta", "hard", "--no-plot"]))
-    assert args == {"fast": True, "num_rollouts": 3, "eta": "hard", "plot": False}  # only what was given
-    config = quickstart_config(**args)
-    assert config.eta == math.inf and config.num_rollouts == 3 and config.policy_steps == FAST_SETTINGS["policy_steps"]
-    assert quickstart_config(**vars(_parser().parse_args([]))) == QuickstartConfig()
+    parser = make_quickstart_parser()
+    (config,) = parser.parse_args_and_config(
+        ["--fast", "--num_rollouts", "3", "--etas", "0", "inf", "--er_eta", "hard", "--plot", "false"]
+    )
+    assert config.etas == [0.0, math.inf] and config.er_eta == math.inf and config.num_rollouts == 3
+    assert config.policy_steps == FAST_SETTINGS["policy_steps"] and not config.plot
+    assert config.raft_selectors == ["soft", "hard", "outcome", "majority"]  # the ER-PRM is the hard one here
+    assert make_quickstart_parser().parse_args_and_config([])[0] == QuickstartConfig()
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"num_rollouts": 0}, "num_rollouts"),
-        ({"grpo_num_generations": 1}, "grpo_num_generations"),
         ({"aggregation": "median"}, "aggregation"),
-        ({"eta": "warm"}, "eta"),
+        ({"er_eta": 3.0}, "er_eta=3.0 is not in etas"),
+        ({"etas": [0.0, 0.0, 2.0]}, "distinct"),
+        ({"raft_selectors": ["er2", "oracle"]}, "raft_selectors"),
         ({"prm_learning_rate": 0.0}, "prm_learning_rate"),
+        ({"misconception": 1.5}, "misconception"),
+        ({"head": "value"}, "head"),
+        ({"search": True, "search_n_values": [4, 6]}, "multiples"),
     ],
 )
 def test_config_rejects_bad_settings(kwargs, match):
@@ -117,7 +142,7 @@ def test_config_rejects_bad_settings(kwargs, match):
 
 def test_seeds_and_cache_folder(monkeypatch, tmp_path):
     assert stage_seed(0, "rollouts") == stage_seed(0, "rollouts")
-    assert len({stage_seed(0, "rollouts"), stage_seed(1, "rollouts"), stage_seed(0, "grpo")}) == 3
+    assert len({stage_seed(0, "rollouts"), stage_seed(1, "rollouts"), stage_seed(0, "raft")}) == 3
     assert 0 <= stage_seed(5, "x") < 2**31
     monkeypatch.setenv("TRL_ERPRM_CACHE", str(tmp_path / "c"))
     assert default_policy_dir() == str(tmp_path / "c" / "quickstart")
@@ -127,7 +152,7 @@ def test_seeds_and_cache_folder(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# End to end: `--fast`, twice with the same seed
+# End to end: `--fast --seeds 2 --search`, then `--fast` with the first seed alone
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -135,113 +160,146 @@ def test_seeds_and_cache_folder(monkeypatch, tmp_path):
 def fast_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("quickstart")
     runs = []
-    for name in ("a", "b"):  # the second run reuses the cached policy
+    for name, extra in (("two", ["--seeds", "2", "--search"]), ("one", [])):  # the second reuses seed 0's policy
         stdout = io.StringIO()
+        argv = ["--fast", "--output_dir", str(root / name), "--policy_dir", str(root / "policies"), *extra]
         with contextlib.redirect_stdout(stdout):
-            status = quickstart_main(
-                ["--fast", "--output_dir", str(root / name), "--policy_dir", str(root / "policies"), "--seed", "0"]
-            )
-        assert status == 0
+            assert quickstart_main(argv) == 0
         runs.append((root / name, json.loads((root / name / "results.json").read_text()), stdout.getvalue()))
     return runs
 
 
-def _accuracies(results):
-    """Every accuracy the report holds."""
-    values = [results["best_of_n"]["first_sample"], results["data"]["train_answer_accuracy"]]
-    for by_n in results["best_of_n"]["curves"].values():
-        values += [v for stats in by_n.values() for v in (stats["mean"], *stats["values"])]
-    values += [results["grpo"][name][k] for name in ("start", "grpo", "prime") for k in ("accuracy", "pass_at_k")]
-    values += [
-        run[k]
-        for name in ("grpo", "prime")
-        for run in results["grpo"][name]["runs"]
-        for k in ("accuracy", "pass_at_k")
+def test_fast_run_writes_the_reports(fast_runs):
+    out, results, stdout = fast_runs[0]
+    for name in ("results.json", "table.md", "bon_accuracy_vs_n.png", "eta_sweep.png", "raft_accuracy.png"):
+        assert (out / name).is_file(), name
+    assert (out / "bon_accuracy_vs_n.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(results) == {
+        "config", "seeds", "environment", "n_values", "per_seed", "summary", "comparisons", "table", "files",
+        "total_wall_s",
+    }  # fmt: skip
+    assert results["seeds"] == [0, 1] and results["config"]["fast"] and results["n_values"] == [1, 2, 4]
+    for seed, run in zip((0, 1), results["per_seed"]):
+        assert run["seed"] == seed and json.loads((out / f"seed-{seed}" / "results.json").read_text()) == run
+        assert set(run) == {
+            "seed", "stage_seeds", "policy", "data", "mc_labels", "prms", "best_of_n", "step_metrics", "raft",
+            "search", "timings", "total_wall_s",
+        }  # fmt: skip
+        assert len(run["timings"]) == 9 and all(isinstance(s, int) for s in run["stage_seeds"].values())
+    assert results["per_seed"][0]["policy"]["path"] != results["per_seed"][1]["policy"]["path"]  # one per seed
+    # Progress for every stage of both seeds, and the table printed as written.
+    assert all(stdout.count(f"==> [{k}/9]") == 2 for k in range(1, 10))
+    assert results["table"] in stdout and (out / "table.md").read_text().strip() == results["table"]
+    for label in ("first sample", "majority vote", "BoN, PRM on ER labels (eta=2) = the ER-PRM", "BoN, control PRM"):
+        assert f"| {label}" in results["table"]
+    assert "RAFT: held-out accuracy" in results["table"] and "Search with the ER-PRM" in results["table"]
+
+
+def test_fast_run_summary_and_comparisons(fast_runs):
+    _, results, _ = fast_runs[0]
+    summary = results["summary"]
+    for key in (
+        "first_sample",
+        "bon/bon_er2/4",
+        "bon/majority/4",
+        "bon/bon_control/4",
+        "raft/er2/1",
+        "local_auc/hard",
+    ):
+        stats = summary[key]
+        values = stats["values"]
+        assert len(values) == 2 and stats["mean"] == pytest.approx(sum(values) / 2)
+        assert stats["std"] == pytest.approx(abs(values[0] - values[1]) / 2)
+    # every per-seed value is that seed's own metric
+    assert summary["first_sample"]["values"] == [r["best_of_n"]["first_sample"] for r in results["per_seed"]]
+    assert summary["bon/bon_er2/4"]["values"] == [
+        r["best_of_n"]["curves"]["bon_er2"]["4"]["mean"] for r in results["per_seed"]
     ]
-    values += [q["step_accuracy"] for q in results["mc_labels"].values()]
+    whats = [c["what"] for c in results["comparisons"]]
+    assert "BoN@4 er2 vs majority vote" in whats and "RAFT er2 (round 1) vs start policy" in whats
+    for c in results["comparisons"]:
+        assert c["verdict"] == ("exceeds the spread" if abs(c["difference"]) > c["spread"] else "within the spread")
+        assert f"- {c['what']}: {100 * c['difference']:+.1f}" in results["table"]
+
+
+def _accuracies(run):
+    values = [run["best_of_n"]["first_sample"], run["data"]["train_answer_accuracy"]]
+    for by_n in run["best_of_n"]["curves"].values():
+        values += [v for stats in by_n.values() for v in (stats["mean"], *stats["values"])]
+    values += [a for s in run["raft"]["selectors"].values() for a in s["accuracy"]]
+    values += [q["step_accuracy"] for q in run["mc_labels"].values()]
+    values += [m["local_auc"] for m in run["step_metrics"].values() if not math.isnan(m["local_auc"])]
     return values
 
 
-def test_fast_run_writes_the_reports(fast_runs):
-    out, results, stdout = fast_runs[0]
-    for name in ("results.json", "table.md", "bon_accuracy_vs_n.png", "grpo_vs_prime.png"):
-        assert (out / name).is_file(), name
-    assert (out / "bon_accuracy_vs_n.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(results) >= {"config", "seeds", "environment", "policy", "data", "mc_labels", "prms", "best_of_n"}
-    assert set(results) >= {"step_f1", "grpo", "table", "files", "timings", "total_wall_s"}
-    assert results["config"]["fast"] and results["config"]["seed"] == 0
-    assert all(isinstance(seed, int) for seed in results["seeds"].values())
-    assert set(results["timings"]) == {
-        "policy",
-        "held-out and training problems",
-        "training solutions and their MC-rollout labels",
-        "PRMs on soft / hard / ER labels",
-        "implicit PRM",
-        "held-out candidates",
-        "scores, Best-of-N and step F1",
-        "GRPO vs GRPO + PRIME",
-        "report",
-    }
-    # Progress for every stage, and the table printed as written.
-    assert all(f"==> [{k}/9]" in stdout for k in range(1, 10))
-    assert results["table"] in stdout and (out / "table.md").read_text().strip() == results["table"]
-    for label in (
-        "majority vote",
-        "BoN, soft-label PRM (eta=0)",
-        "BoN, hard-label PRM (eta=inf)",
-        "BoN, ER-PRM (eta=2)",
-    ):
-        assert f"| {label} |" in results["table"]
-
-
 def test_fast_run_values_are_sane(fast_runs):
-    _, results, _ = fast_runs[0]
-    config, data, bon = results["config"], results["data"], results["best_of_n"]
-    assert all(0.0 <= v <= 1.0 for v in _accuracies(results))
-    assert data["num_test_candidates"] == config["num_test_problems"] * config["num_candidates"]
-    assert data["num_train_solutions"] == config["num_train_problems"] * config["samples_per_problem"]
-    assert bon["n_values"] == [1, 2, 4]
-    methods = {f"bon_{name}" for name in ("soft", "hard", "er", "oracle", "implicit", "implicit_noref")}
-    assert set(bon["curves"]) >= methods | {"majority", "pass@n", "weighted_majority_er"}
-    for n in map(str, bon["n_values"]):
-        passed = bon["curves"]["pass@n"][n]["values"]
-        for method in methods | {"majority"}:
-            # pass@N is an upper bound of any selection from the same subsets
-            assert all(p >= v for p, v in zip(passed, bon["curves"][method][n]["values"]))
-            assert len(bon["curves"][method][n]["values"]) == config["num_subset_draws"]
-    # With all the candidates in the subset (N = num_candidates) every draw is the same.
-    assert all(by_n["4"]["std"] == 0.0 for by_n in bon["curves"].values())
-    assert set(results["step_f1"]) == {"soft", "hard", "er", "oracle", "implicit", "implicit_noref"}
-    assert all("at_0.5" in results["step_f1"][k] for k in ("soft", "hard", "er", "oracle"))
-    assert all("at_0.5" not in results["step_f1"][k] for k in ("implicit", "implicit_noref"))
-    assert [results["prms"][k]["eta"] for k in ("soft", "hard", "er", "oracle")] == [0.0, "inf", 2.0, None]
-    assert results["grpo"]["steps"] == FAST_SETTINGS["grpo_steps"]
-    assert len(results["grpo"]["run_seeds"]) == FAST_SETTINGS["grpo_repeats"]
-    (prime,), (grpo,) = results["grpo"]["prime"]["runs"], results["grpo"]["grpo"]["runs"]
-    assert results["grpo"]["prime"]["accuracy"] == prime["accuracy"] and results["grpo"]["prime"]["accuracy_std"] == 0
-    assert len(prime["log"]) == len(grpo["log"]) == FAST_SETTINGS["grpo_steps"]
-    assert all("prime/kept_fraction" in step for step in prime["log"])
-    assert not any("prime/kept_fraction" in step for step in grpo["log"])
+    out, results, _ = fast_runs[0]
+    config = results["config"]
+    for run in results["per_seed"]:
+        data, bon = run["data"], run["best_of_n"]
+        assert all(0.0 <= v <= 1.0 for v in _accuracies(run))
+        assert data["num_test_candidates"] == config["num_test_problems"] * config["num_candidates"]
+        assert data["num_train_solutions"] == config["num_train_problems"] * config["samples_per_problem"]
+        prms = ["soft", "er2", "hard", "control", "implicit", "implicit_noref"]
+        assert set(run["step_metrics"]) == set(prms) and set(run["mc_labels"]) == {"soft", "er2", "hard"}
+        assert [run["prms"][k]["eta"] for k in ("soft", "er2", "hard", "control")] == [0.0, 2.0, "inf", None]
+        for n in map(str, results["n_values"]):
+            passed = bon["curves"]["pass@n"][n]["values"]
+            for method in [f"bon_{p}" for p in prms] + ["majority"]:
+                # pass@N is an upper bound of any selection from the same subsets
+                assert all(p >= v for p, v in zip(passed, bon["curves"][method][n]["values"]))
+                assert len(bon["curves"][method][n]["values"]) == config["num_subset_draws"]
+        assert all(by_n["4"]["std"] == 0.0 for by_n in bon["curves"].values())  # N = all candidates: one subset
+    # The LM-head PRMs were trained from the policy and saved.
+    assert (out / "seed-0" / "prms" / "er2" / "model.safetensors").is_file()
 
 
 def test_fast_run_labels_match_the_rollout_counts(fast_runs):
     out, results, _ = fast_runs[0]
-    labelled = load_from_disk(str(out / "labels" / "dataset"))
-    assert len(labelled) == results["data"]["num_train_solutions"]
+    run = results["per_seed"][0]
+    labelled = load_from_disk(str(out / "seed-0" / "labels" / "dataset"))
+    assert len(labelled) == run["data"]["num_train_solutions"]
     ok = [row for row in labelled if row["status"] == "ok"]
-    assert len(ok) == results["data"]["num_labelled_solutions"]
+    assert len(ok) == run["data"]["num_labelled_solutions"]
     k = results["config"]["num_rollouts"]
-    # Every step but the last has k rollouts; the last is the graded solution itself.
-    assert results["data"]["num_rollouts"] == sum((len(row["completions"]) - 1) * k for row in ok)
     assert all(len(o) == k for row in ok for o in row["step_outcomes"][:-1])
-    assert all(len(row["step_outcomes"][-1]) == 1 for row in ok)
+    assert all(len(row["step_outcomes"][-1]) == 1 for row in ok)  # the last step is the solution's own grade
+
+
+def test_fast_run_raft_shares_one_sampling_pass(fast_runs):
+    out, results, _ = fast_runs[0]
+    config, raft = results["config"], results["per_seed"][0]["raft"]
+    assert list(raft["selectors"]) == config["raft_selectors"]
+    samples = [read_results(out / "seed-0" / "raft" / name / "round-1" / "samples") for name in raft["selectors"]]
+    assert all(s == samples[0] for s in samples)  # round 1: the same samples for every selector
+    assert len(samples[0]) == config["num_train_problems"]
+    assert all(len(r["completions"]) == config["raft_num_samples"] for r in samples[0].values())
+    starts = {s["accuracy"][0] for s in raft["selectors"].values()}
+    assert starts == {raft["start"]}  # the same start policy, evaluated with the same seeds
+    assert all(len(s["accuracy"]) == config["raft_rounds"] + 1 for s in raft["selectors"].values())
+
+
+def test_fast_run_search_stage(fast_runs):
+    _, results, _ = fast_runs[0]
+    search = results["per_seed"][0]["search"]
+    assert search["n_values"] == results["config"]["search_n_values"] == [4, 8]
+    assert search["num_problems"] == results["config"]["search_problems"]
+    assert {"beam_search", "dvts", "best_of_n", "majority"} <= set(search["curves"])
+    for method in ("beam_search", "dvts", "best_of_n"):
+        assert all(search["tokens"][method][str(n)]["mean"] > 0 for n in (4, 8))
+    assert "search/beam_search/8" in results["summary"]
 
 
 def test_fast_run_is_deterministic(fast_runs):
     (out_a, a, _), (out_b, b, _) = fast_runs
-    labels_a = load_from_disk(str(out_a / "labels" / "dataset"))
-    labels_b = load_from_disk(str(out_b / "labels" / "dataset"))
+    assert b["seeds"] == [0] and "search" not in b["per_seed"][0]
+    labels_a = load_from_disk(str(out_a / "seed-0" / "labels" / "dataset"))
+    labels_b = load_from_disk(str(out_b / "seed-0" / "labels" / "dataset"))
     assert labels_a["step_outcomes"] == labels_b["step_outcomes"]
-    assert a["seeds"] == b["seeds"]
-    for key in ("data", "mc_labels", "prms", "best_of_n", "step_f1", "grpo", "table"):
-        assert a[key] == b[key], key
+    run_a, run_b = a["per_seed"][0], b["per_seed"][0]
+    for key in ("stage_seeds", "data", "mc_labels", "best_of_n", "step_metrics"):
+        assert run_a[key] == run_b[key], key
+    assert {k: s["accuracy"] for k, s in run_a["raft"]["selectors"].items()} == {
+        k: s["accuracy"] for k, s in run_b["raft"]["selectors"].items()
+    }
+    assert all(c["verdict"] == "one seed: no spread" for c in b["comparisons"])

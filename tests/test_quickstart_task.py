@@ -1,4 +1,5 @@
-"""The synthetic arithmetic task: generator, problem parser, step checker and dataset builders."""
+"""The synthetic arithmetic task: generator, distinct problem sets, demonstrations with the designed misconception,
+problem parser, step checker and dataset builders."""
 
 import pytest
 from math_verify import parse, verify
@@ -13,6 +14,8 @@ from trl_erprm.quickstart import (
     build_processbench_dataset,
     build_stepwise_dataset,
     check_solution,
+    demonstration_steps,
+    distinct_problems,
     generate_problems,
     parse_problem,
     task_corpus,
@@ -269,3 +272,76 @@ def test_task_corpus():
     assert corpus == task_corpus(10, seed=1)
     p = generate_problems(10, seed=1)[0]
     assert corpus[0] == f"{p.text}\n\n{p.solution()}"
+
+
+def test_default_task_is_single_digit():
+    for problem in generate_problems(300, seed=5):
+        assert 3 <= len(problem.steps) <= 4
+        assert all(1 <= v <= 9 for v in problem.values)
+
+
+def test_skeleton_is_the_arithmetic():
+    assert ANN.skeleton == (7, ("add", 5), ("sub", 3), ("mul", 3))
+    renamed = Problem("Dan", "He", "pens", 7, tuple(ProblemStep(s.operation, s.operand, s.phrase) for s in ANN.steps))
+    assert renamed.skeleton == ANN.skeleton and renamed.text != ANN.text
+
+
+def test_distinct_problems_never_share_arithmetic():
+    train = distinct_problems(200, seed=1)
+    test = distinct_problems(100, seed=2, exclude=train)
+    assert len({p.skeleton for p in train}) == 200 and len({p.skeleton for p in test}) == 100
+    assert not {p.skeleton for p in train} & {p.skeleton for p in test}
+    assert distinct_problems(100, seed=2, exclude=train) == test  # deterministic
+    # plain generation repeats skeletons on this small task: the check above is not vacuous
+    drawn = generate_problems(300, seed=1)
+    assert len({p.skeleton for p in drawn}) < 300
+    tiny = TaskConfig(min_steps=1, max_steps=1, max_start=2, max_value=3, operations=("add",), max_operand=1)
+    with pytest.raises(ValueError, match="widen the task"):
+        distinct_problems(5, tiny, seed=0)
+
+
+def test_demonstration_steps_gold_and_misconception():
+    import random
+
+    assert demonstration_steps(ANN) == ANN.solution_steps()  # no misconception: the gold solution
+    # Always additive: "3 times as many" on 9 becomes 9 + 3 = 12, the answer follows the wrong amount.
+    wrong = "She gets 3 times as many: 9 + 3 = 12. The answer is \\boxed{12}."
+    assert demonstration_steps(ANN, 1.0, random.Random(0)) == [S0, S1, wrong]
+    assert demonstration_steps(BOB, 1.0, random.Random(0)) == [
+        "He keeps one of 2 equal shares: 8 - 2 = 6. The answer is \\boxed{6}."
+    ]
+    # A division after a wrong amount that no longer comes out whole is floored by the demonstrator: 3 * 2 done as
+    # 3 + 2 = 5 (first draw 0.0 < 0.5), then "one of 2 equal shares" kept (second draw 0.9): 5 / 2 = 2.
+    shares = Problem(
+        "Eve", "She", "eggs", 3,
+        (ProblemStep("mul", 2, "gets 2 times as many"), ProblemStep("div", 2, "keeps one of 2 equal shares")),
+    )  # fmt: skip
+
+    class Draws:
+        def __init__(self, values):
+            self.values = list(values)
+
+        def random(self):
+            return self.values.pop(0)
+
+    assert demonstration_steps(shares, 0.5, Draws([0.0, 0.9])) == [
+        "She gets 2 times as many: 3 + 2 = 5.",
+        "She keeps one of 2 equal shares: 5 / 2 = 2. The answer is \\boxed{2}.",
+    ]
+    # The checker keeps the problem's own operation: the additive step is a wrong operation, carried forward.
+    check = check_solution(ANN, "\n\n".join(demonstration_steps(ANN, 1.0, random.Random(0))))
+    assert check.step_errors == [None, None, "wrong_operation"] and not check.answer_correct
+    # About half of the multiplicative steps are additive with misconception=0.5, never an add/sub step.
+    rng, additive, total = random.Random(0), 0, 0
+    for problem in generate_problems(400, seed=9):
+        for step, text in zip(problem.steps, demonstration_steps(problem, 0.5, rng)):
+            if step.operation in ("mul", "div"):
+                total += 1
+                additive += f" {OPERATIONS[step.operation].symbol} " not in text
+            else:
+                assert f" {OPERATIONS[step.operation].symbol} " in text
+    assert 0.4 < additive / total < 0.6
+    with pytest.raises(ValueError, match="probability"):
+        demonstration_steps(ANN, 1.5, random.Random(0))
+    with pytest.raises(ValueError, match="needs rng"):
+        demonstration_steps(ANN, 0.5)

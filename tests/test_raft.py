@@ -325,3 +325,52 @@ def test_outcome_scoring_fine_tunes_on_the_correct_samples_of_conversational_pro
         )  # fmt: skip
     assert report["stopped"] is None, report["stopped"]
     assert report["rounds"][1]["selected"] == 3 and report["rounds"][1]["train_rows"] == 3  # 2 + 0 + 1 correct
+
+
+@pytest.mark.slow
+def test_given_samples_are_scored_and_selected_without_sampling(causal_lm_path, tmp_path):
+    """Round 1 with samples given beforehand (one pass shared by several selectors): they are recorded as given, the
+    majority selector keeps the sample whose answer is most frequent (hand-checked), and the run's identity includes
+    them (other samples in the same folder start the run over)."""
+    from trl_erprm.jobs import read_results
+
+    problems = TRAIN[:3]
+    given = [
+        ["\\boxed{4}", "\\boxed{5}", "\\boxed{5}"],  # majority 5: keeps sample 1 (ties go to the lowest index)
+        ["\\boxed{7}", "\\boxed{7}", "\\boxed{8}"],  # keeps sample 0
+        ["x", "The answer is 9.", "\\boxed{9}"],  # "x" has no answer; 9 twice: keeps sample 1
+    ]
+    out = tmp_path / "given"
+    report = run_raft(
+        config(out, scoring="majority"), causal_lm_path, train_problems=problems, eval_problems=HELD_OUT,
+        samples=given,
+    )  # fmt: skip
+    assert report["stopped"] is None
+    records = read_results(out / "round-1" / "samples")
+    assert [records[i]["completions"] for i in range(3)] == given
+    assert report["rounds"][1]["given"] is True and report["rounds"][1]["samples"] == 9
+    kept = json.loads((out / "round-1" / "selection.json").read_text())["kept"]
+    assert kept == {"0": [1], "1": [0], "2": [1]}
+    # Other samples, same folder and settings: another run (the samples are part of its identity), started over; the
+    # start policy's evaluation of the first run is recorded, not repeated.
+    other = [list(reversed(texts)) for texts in given]
+    start = {k: report["rounds"][0][k] for k in ("accuracy", "eval_problems")}
+    again = run_raft(
+        config(out, scoring="majority", overwrite=True), causal_lm_path, train_problems=problems,
+        eval_problems=HELD_OUT, samples=other, start_eval=start,
+    )  # fmt: skip
+    assert again["rounds"][0] == {"round": 0, **start, "given": True} and not (out / "round-0" / "eval").exists()
+    assert [read_results(out / "round-1" / "samples")[i]["completions"] for i in range(3)] == other
+    assert json.loads((out / "round-1" / "selection.json").read_text())["kept"] == {"0": [0], "1": [1], "2": [0]}
+    with pytest.raises(ValueError, match=r"samples\[1\] must be a list of num_samples=3"):
+        run_raft(
+            config(tmp_path / "bad"), causal_lm_path, train_problems=problems, eval_problems=HELD_OUT,
+            samples=[["a", "b", "c"], ["a"], ["a", "b", "c"]],
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="start_eval must be round 0 of a run on the same 2 held-out problems"):
+        run_raft(
+            config(tmp_path / "bad"), causal_lm_path, train_problems=problems, eval_problems=HELD_OUT,
+            start_eval={"accuracy": 0.5, "eval_problems": 3},
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="one list of completions per training problem"):
+        run_raft(config(tmp_path / "bad"), causal_lm_path, train_problems=problems, eval_problems=HELD_OUT, samples=[])

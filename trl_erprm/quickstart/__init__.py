@@ -1,4 +1,4 @@
-"""The offline quickstart: the synthetic arithmetic task, its tiny policy and the end-to-end pipeline.
+"""The offline quickstart: the synthetic arithmetic task, its checker, its tiny policy and the end-to-end pipeline.
 
 Names are imported from their modules on first use.
 """
@@ -10,7 +10,8 @@ from .._lazy import LazyModule
 
 
 _import_structure = {
-    "pipeline": ["QuickstartConfig", "quickstart_config", "quickstart_main", "run_quickstart"],
+    "config": ["FAST_SETTINGS", "QuickstartConfig", "quickstart_config"],
+    "pipeline": ["quickstart_main", "run_quickstart", "run_seed"],
     "policy": [
         "PolicyConfig",
         "build_policy_tokenizer",
@@ -21,18 +22,22 @@ _import_structure = {
         "sample_solutions",
         "train_policy",
     ],
-    "task": [
-        "OPERATIONS",
+    "checker": [
         "STEP_ERRORS",
-        "Operation",
-        "Problem",
-        "ProblemStep",
         "SolutionCheck",
-        "TaskConfig",
-        "build_problem_dataset",
         "build_processbench_dataset",
         "build_stepwise_dataset",
         "check_solution",
+    ],
+    "task": [
+        "OPERATIONS",
+        "Operation",
+        "Problem",
+        "ProblemStep",
+        "TaskConfig",
+        "build_problem_dataset",
+        "demonstration_steps",
+        "distinct_problems",
         "generate_problems",
         "parse_problem",
         "task_corpus",
@@ -40,7 +45,15 @@ _import_structure = {
 }
 
 if TYPE_CHECKING:
-    from .pipeline import QuickstartConfig, quickstart_config, quickstart_main, run_quickstart
+    from .checker import (
+        STEP_ERRORS,
+        SolutionCheck,
+        build_processbench_dataset,
+        build_stepwise_dataset,
+        check_solution,
+    )
+    from .config import FAST_SETTINGS, QuickstartConfig, quickstart_config
+    from .pipeline import quickstart_main, run_quickstart, run_seed
     from .policy import (
         PolicyConfig,
         build_policy_tokenizer,
@@ -53,16 +66,13 @@ if TYPE_CHECKING:
     )
     from .task import (
         OPERATIONS,
-        STEP_ERRORS,
         Operation,
         Problem,
         ProblemStep,
-        SolutionCheck,
         TaskConfig,
         build_problem_dataset,
-        build_processbench_dataset,
-        build_stepwise_dataset,
-        check_solution,
+        demonstration_steps,
+        distinct_problems,
         generate_problems,
         parse_problem,
         task_corpus,

@@ -1,11 +1,13 @@
-"""A tiny policy for the synthetic arithmetic task, trained from scratch on the CPU in about a minute.
+"""A tiny policy for the synthetic arithmetic task, trained from scratch on the CPU in about a minute and a half.
 
 [`train_policy`] trains a byte-level BPE tokenizer on the task's text and a small Qwen2 causal LM on chat-formatted
-problem / gold-solution pairs (loss on the assistant turn only), with a plain PyTorch loop on freshly generated
-problems. The default [`PolicyConfig`] stops where the model is still unreliable: sampled at temperature 1.0 it gets
-roughly half of the final answers right and makes real step errors (wrong operands, wrong arithmetic), which is what
-process reward models are for. The trained folder (safetensors + tokenizer) is cached under a name derived from the
-settings, so a second call with the same settings reuses it.
+problem / demonstration pairs (loss on the assistant turn only), with a plain PyTorch loop on freshly generated
+problems. The demonstrations are the gold solutions except for a designed misconception
+([`~trl_erprm.quickstart.task.demonstration_steps`], probability `PolicyConfig.misconception` per multiplicative
+step): the default policy masters single-digit arithmetic but solves "gets 3 times as many" additively about half of
+the time, so it gets roughly 60% of the final answers right at temperature 1.0 and nearly all its errors are
+`"wrong_operation"` steps that a process reward model can learn to see. The trained folder (safetensors +
+tokenizer) is cached under a name derived from the settings, so a second call with the same settings reuses it.
 
 The tokenizer follows Qwen2-Instruct: `<|im_end|>` is the EOS token (a sampled answer ends there, also for TRL
 versions that stop on `tokenizer.eos_token_id` only) and `<|endoftext|>` pads.
@@ -18,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -32,13 +35,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..models import load_model, load_tokenizer
 from ..tiny import build_tiny_model, build_tokenizer
-from .task import Problem, TaskConfig, check_solution, generate_problems, task_corpus
+from .checker import check_solution
+from .task import Problem, TaskConfig, demonstration_steps, generate_problems, task_corpus
 
 
 #: Bump when the training procedure changes, so that cached policies trained the old way are not reused.
-POLICY_FORMAT_VERSION = 1
+POLICY_FORMAT_VERSION = 2
 POLICY_CONFIG_NAME = "policy_config.json"
 EOS_TOKEN = "<|im_end|>"
+#: The step tag of the quickstart's LM-head PRMs: it is in the tokenizer's training text, so it is one token.
+STEP_TAG = " ки"
 
 
 @dataclass
@@ -58,7 +64,10 @@ class PolicyConfig:
             Number of attention heads.
         intermediate_size (`int`, *optional*, defaults to `256`):
             Size of the MLP.
-        max_steps (`int`, *optional*, defaults to `1150`):
+        misconception (`float`, *optional*, defaults to `0.5`):
+            Probability that a demonstration solves a multiplicative step additively (the designed error of the
+            quickstart, see [`~trl_erprm.quickstart.task.demonstration_steps`]); `0` trains on gold solutions.
+        max_steps (`int`, *optional*, defaults to `1500`):
             Number of optimiser steps (each on `batch_size` new problems).
         batch_size (`int`, *optional*, defaults to `16`):
             Problems per step.
@@ -80,7 +89,8 @@ class PolicyConfig:
     num_hidden_layers: int = 2
     num_attention_heads: int = 2
     intermediate_size: int = 256
-    max_steps: int = 1150
+    misconception: float = 0.5
+    max_steps: int = 1500
     batch_size: int = 16
     learning_rate: float = 3e-3
     warmup_steps: int = 30
@@ -97,6 +107,8 @@ class PolicyConfig:
                 "gives a head dimension below 32 or not whole; vLLM's CPU build needs hidden_size / heads >= 32 "
                 "(e.g. hidden_size=128, num_attention_heads=4)."
             )
+        if not 0.0 <= self.misconception <= 1.0:
+            raise ValueError(f"PolicyConfig.misconception must be a probability in [0, 1], got {self.misconception}.")
         if self.max_steps < 1 or self.batch_size < 1:
             raise ValueError(
                 f"PolicyConfig needs max_steps >= 1 and batch_size >= 1, got {self.max_steps}, {self.batch_size}."
@@ -122,8 +134,12 @@ def build_policy_tokenizer(config: PolicyConfig) -> PreTrainedTokenizerBase:
     Returns:
         [`~transformers.PreTrainedTokenizerFast`]: The tokenizer, with the ChatML template.
     """
-    # The role names of the chat template are part of every sequence: let BPE merge them as well.
-    corpus = [f"user\n{text}\nassistant" for text in task_corpus(2000, config.task, config.seed)]
+    # The role names of the chat template are part of every sequence: let BPE merge them as well; the PRMs' step tag
+    # too (after every step, as an LM-head PRM reads a solution), so that it is one token.
+    corpus = [
+        f"user\n{text}\nassistant".replace("\n\n", STEP_TAG + "\n\n")
+        for text in task_corpus(2000, config.task, config.seed)
+    ]
     tokenizer = build_tokenizer(corpus=corpus, vocab_size=config.vocab_size)
     tokenizer.eos_token = EOS_TOKEN
     return tokenizer
@@ -147,10 +163,10 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, problem: Problem | str) ->
     )
 
 
-def _encode_batch(tokenizer, problems: Sequence[Problem]) -> dict[str, torch.Tensor]:
+def _encode_batch(tokenizer, problems: Sequence[Problem], solutions: Sequence[str]) -> dict[str, torch.Tensor]:
     """Right-padded `input_ids`, `attention_mask` and `labels` (`-100` on the prompt and padding), `(batch, seq_len)`."""
     prompts = tokenizer([format_prompt(tokenizer, p) for p in problems], add_special_tokens=False)["input_ids"]
-    answers = tokenizer([p.solution() for p in problems], add_special_tokens=False)["input_ids"]
+    answers = tokenizer(list(solutions), add_special_tokens=False)["input_ids"]
     sequences = [p + a + [tokenizer.eos_token_id] for p, a in zip(prompts, answers)]
     length = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), length), tokenizer.pad_token_id, dtype=torch.long)
@@ -245,6 +261,7 @@ def _train(path: Path, config: PolicyConfig, show_progress: bool) -> None:
     )
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     problems = generate_problems(config.max_steps * config.batch_size, config.task, seed=config.seed + 1)
+    demonstrator = random.Random(config.seed + 2)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
@@ -252,7 +269,9 @@ def _train(path: Path, config: PolicyConfig, show_progress: bool) -> None:
     losses = []
     progress = tqdm(range(config.max_steps), desc="Training the tiny policy", disable=not show_progress)
     for step in progress:
-        batch = _encode_batch(tokenizer, problems[step * config.batch_size : (step + 1) * config.batch_size])
+        chunk = problems[step * config.batch_size : (step + 1) * config.batch_size]
+        demonstrations = ["\n\n".join(demonstration_steps(p, config.misconception, demonstrator)) for p in chunk]
+        batch = _encode_batch(tokenizer, chunk, demonstrations)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, config)
         loss = model(**batch).loss

@@ -2,22 +2,29 @@ r"""The embedded synthetic reasoning task: multi-step arithmetic word problems w
 
 A problem states a starting amount and a list of operations, one per sentence:
 
-    Ann has 7 apples. She buys 5 more. She gives away 3. She gets 3 times as many. How many apples does Ann have now?
+    Ann has 4 apples. She buys 3 more. She gives away 5. She gets 3 times as many. How many apples does Ann have now?
 
 Its gold solution does one operation per step, steps joined by a separator (`"\n\n"` by default), and the last step
 ends with the answer:
 
-    She buys 5 more: 7 + 5 = 12.
+    She buys 3 more: 4 + 3 = 7.
 
-    She gives away 3: 12 - 3 = 9.
+    She gives away 5: 7 - 5 = 2.
 
-    She gets 3 times as many: 9 * 3 = 27. The answer is \boxed{27}.
+    She gets 3 times as many: 2 * 3 = 6. The answer is \boxed{6}.
 
-[`check_solution`] reads a (model-written) solution with plain string parsing (never `eval`) and decides for EACH step
-whether it is correct given the problem: step `k` must state the `k`-th operation applied to the true amount before
-it, as `a op b = c` with the right result (`a` and `b` may be swapped for `+` and `*`). The answer may close the last
-computing step or stand alone in one more step. So the first wrong step, the ground-truth step labels and the final
-answer's correctness are all known, and labels or PRMs can be scored against the truth.
+By default every amount is a single digit (1 to 9) and a problem has 3 or 4 operations: arithmetic a 2-layer model
+masters in a minute of training. The quickstart's policy is then taught a misconception ON PURPOSE:
+[`demonstration_steps`] solves each multiplicative step additively with some probability ("gets 3 times as many":
+`4 + 3 = 7`), so that the errors the policy makes are systematic and visible in the step itself. With arithmetic
+slips alone (the error a bigger or better-trained model makes), no PRM small enough for a CPU verified anything, not
+even one trained on the true step labels: the policy's own next-token distribution knew about a slip, no PRM of its
+size learned to. So the quickstart shows the mechanism of process supervision, not the size of its gains on real
+math. The checker ([`~trl_erprm.quickstart.checker.check_solution`]) always uses the problem's own operation: the
+first wrong step, the step labels and the final answer's correctness of any solution are known.
+
+[`distinct_problems`] draws problem sets whose arithmetic ([`Problem.skeleton`]) differs from each other's and from an
+excluded set, so that held-out problems never repeat a training problem's numbers under other names.
 """
 
 from __future__ import annotations
@@ -85,14 +92,13 @@ OPERATIONS: dict[str, Operation] = {
 NAMES = (("Ann", "She"), ("Bob", "He"), ("Cara", "She"), ("Dan", "He"), ("Eve", "She"), ("Finn", "He"))
 ITEMS = ("apples", "books", "coins", "eggs", "pens", "stamps", "marbles", "cards")
 ANSWER_TEMPLATE = "The answer is \\boxed{{{answer}}}."
+#: The misconception of [`demonstration_steps`]: each multiplicative operation replaced by its additive counterpart.
+_ADDITIVE = {"mul": "add", "div": "sub"}
 
-# Sentence patterns of the problem text, and the equation / answer patterns of a solution step.
+# Sentence patterns of the problem text.
 _START_RE = re.compile(r"^\s*(\w+) has (\d+) (\w+)\.")
 _OP_SENTENCE_RE = re.compile(r"(?:She|He) ([^.?]+)\.")
 _QUESTION_RE = re.compile(r"How many (\w+) does (\w+) have now\?\s*$")
-_EQUATION_RE = re.compile(r"(\d+)\s*([-+*/×x÷])\s*(\d+)\s*=\s*(-?\d+)")
-_BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
-_MAX_DIGITS = 18
 _PHRASE_RES = [
     (name, re.compile("^" + re.escape(phrase).replace(re.escape("{b}"), r"(\d+)") + "$"))
     for name, op in OPERATIONS.items()
@@ -107,34 +113,35 @@ _PHRASE_RES = [
 
 @dataclass
 class TaskConfig:
-    """Difficulty of the generated problems.
+    """Difficulty of the generated problems. The defaults are the quickstart's task: 3 or 4 operations on single-digit
+    amounts, arithmetic a 2-layer model masters in a minute of training.
 
     Args:
-        min_steps (`int`, *optional*, defaults to `2`):
+        min_steps (`int`, *optional*, defaults to `3`):
             Fewest operations in a problem (one solution step each).
-        max_steps (`int`, *optional*, defaults to `3`):
+        max_steps (`int`, *optional*, defaults to `4`):
             Most operations in a problem.
         min_start (`int`, *optional*, defaults to `2`):
             Smallest starting amount.
-        max_start (`int`, *optional*, defaults to `20`):
+        max_start (`int`, *optional*, defaults to `9`):
             Largest starting amount.
-        max_operand (`int`, *optional*, defaults to `9`):
+        max_operand (`int`, *optional*, defaults to `5`):
             Largest operand of an addition or a subtraction.
         max_factor (`int`, *optional*, defaults to `3`):
             Largest operand of a multiplication or a division (the smallest is 2).
-        max_value (`int`, *optional*, defaults to `60`):
+        max_value (`int`, *optional*, defaults to `9`):
             Largest amount allowed at any step; every amount stays a whole number of at least 1.
         operations (`tuple[str, ...]`, *optional*, defaults to `("add", "sub", "mul", "div")`):
             Names of the operations to draw from (keys of [`OPERATIONS`]).
     """
 
-    min_steps: int = 2
-    max_steps: int = 3
+    min_steps: int = 3
+    max_steps: int = 4
     min_start: int = 2
-    max_start: int = 20
-    max_operand: int = 9
+    max_start: int = 9
+    max_operand: int = 5
     max_factor: int = 3
-    max_value: int = 60
+    max_value: int = 9
     operations: tuple[str, ...] = field(default_factory=lambda: ("add", "sub", "mul", "div"))
 
     def __post_init__(self):
@@ -218,6 +225,12 @@ class Problem:
     def answer(self) -> int:
         """`int`: The true final amount."""
         return self.values[-1]
+
+    @property
+    def skeleton(self) -> tuple:
+        """`tuple`: The problem's arithmetic: `(start, (operation, operand), ...)`. Two problems with the same skeleton
+        differ only in names and items (and phrasing), so they have the same solution steps."""
+        return (self.start, *((step.operation, step.operand) for step in self.steps))
 
     def solution_steps(self) -> list[str]:
         """Return the gold solution as a list of steps (one operation each, the answer closing the last one).
@@ -310,6 +323,93 @@ def generate_problems(num_problems: int, config: TaskConfig | None = None, seed:
     return problems
 
 
+def distinct_problems(
+    num_problems: int, config: TaskConfig | None = None, seed: int = 0, exclude: Sequence[Problem] = ()
+) -> list[Problem]:
+    """Problems whose arithmetic ([`Problem.skeleton`]) differs from each other's and from every problem of `exclude`.
+
+    Held-out problems drawn with `exclude=training_problems` never share their arithmetic with a training problem (not
+    only their text: a problem with other names but the same numbers would have the same solution).
+
+    Args:
+        num_problems (`int`):
+            Number of problems.
+        config ([`TaskConfig`], *optional*):
+            Difficulty. Defaults to `TaskConfig()`.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed; the same seed, config and `exclude` always give the same problems.
+        exclude (`Sequence[Problem]`, *optional*, defaults to `()`):
+            Problems whose skeletons must not be drawn.
+
+    Returns:
+        `list[Problem]`: The problems.
+
+    Raises:
+        `ValueError`: If the task has too few distinct skeletons left for `num_problems` (widen the `TaskConfig`).
+    """
+    seen = {p.skeleton for p in exclude}
+    problems, batch, stale = [], 0, 0
+    while len(problems) < num_problems:
+        found = 0
+        for problem in generate_problems(4 * num_problems, config, seed=seed + 7919 * batch):
+            if problem.skeleton not in seen and len(problems) < num_problems:
+                seen.add(problem.skeleton)
+                problems.append(problem)
+                found += 1
+        batch += 1
+        stale = 0 if found else stale + 1
+        if stale == 5:
+            raise ValueError(
+                f"Only {len(problems)} of the {num_problems} problems asked for have an arithmetic different from each "
+                f"other's and from the {len(exclude)} excluded problems under {config or TaskConfig()}; ask for fewer "
+                "problems or widen the task (max_value, max_start, max_operand, max_factor, max_steps)."
+            )
+    return problems
+
+
+def demonstration_steps(problem: Problem, misconception: float = 0.0, rng: random.Random | None = None) -> list[str]:
+    """A demonstration of a problem for the policy to imitate: the gold solution, except that each multiplicative step
+    is, with probability `misconception`, solved additively.
+
+    This is the quickstart's designed failure mode (the additive-vs-multiplicative confusion of math education): "gets
+    3 times as many" written as `4 + 3 = 7` instead of `4 * 3 = 12`, "keeps one of 2 equal shares" as `6 - 2 = 4`
+    instead of `6 / 2 = 3`, the wrong amount carried forward (a division that no longer comes out whole is floored).
+    A policy trained on such demonstrations is confidently and systematically wrong in a way that is visible in the
+    step itself (its phrase says "times", its equation says "+"), which a small PRM can learn from Monte-Carlo labels.
+    The checker and every label still use the problem's own operation, so such a step is a `"wrong_operation"`.
+
+    Args:
+        problem ([`Problem`]):
+            The problem.
+        misconception (`float`, *optional*, defaults to `0.0`):
+            Probability, per multiplication or division step, of solving it additively; `0` gives the gold solution.
+        rng (`random.Random`, *optional*):
+            Source of the draws; required when `misconception > 0`.
+
+    Returns:
+        `list[str]`: The steps, the answer (of the amounts as computed) closing the last one.
+
+    Raises:
+        `ValueError`: If `misconception` is outside `[0, 1]`, or positive without `rng`.
+    """
+    if not 0.0 <= misconception <= 1.0:
+        raise ValueError(f"misconception must be a probability in [0, 1], got {misconception}.")
+    if misconception > 0 and rng is None:
+        raise ValueError("demonstration_steps needs rng=random.Random(seed) when misconception > 0.")
+    value, steps = problem.start, []
+    for step in problem.steps:
+        name = step.operation
+        if name in _ADDITIVE and misconception > 0 and rng.random() < misconception:
+            name = _ADDITIVE[name]
+        operation = OPERATIONS[name]
+        result = operation.apply(value, step.operand)
+        result = value // step.operand if result is None else result  # the demonstrator floors a broken division
+        steps.append(f"{problem.pronoun} {step.phrase}: {value} {operation.symbol} {step.operand} = {result}.")
+        value = result
+    steps[-1] += " " + ANSWER_TEMPLATE.format(answer=value)
+    return steps
+
+
 def parse_problem(text: str) -> Problem:
     """Rebuild a [`Problem`] from its statement (as written by [`Problem.text`]).
 
@@ -346,147 +446,6 @@ def parse_problem(text: str) -> Problem:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Checking solutions
-# ---------------------------------------------------------------------------------------------------------------------
-
-#: Kinds of step errors reported by [`check_solution`], in the order they are tested.
-STEP_ERRORS = (
-    "extra_step",  # a step after the answer, or an equation after all operations are done
-    "no_equation",  # neither an equation nor an answer (garbage, narration)
-    "multiple_equations",  # more than one `a op b = c` in one step
-    "wrong_operation",  # the operator is not the one of this step
-    "wrong_operand",  # the operands are not (true amount before the step, the problem's operand)
-    "arithmetic",  # the operands are right but the result is not
-    "early_answer",  # an answer before all operations are done
-    "wrong_answer",  # an answer that is not the true final amount (or not a number)
-    "missing_answer",  # the solution ends without an answer
-)
-
-
-@dataclass
-class SolutionCheck:
-    """Verdict of [`check_solution`] on one solution.
-
-    Args:
-        steps (`list[str]`):
-            The solution's steps (split on the separator, stripped, empty pieces dropped). A solution with no text is
-            one empty step.
-        step_errors (`list[str | None]`):
-            Per step, `None` if the step is correct given the problem and the true amounts before it, else the kind
-            of error (one of [`STEP_ERRORS`]).
-        predicted_answer (`int`, *optional*):
-            Integer in the last `\\boxed{}` of the solution, `None` if there is none or it is not an integer.
-        answer (`int`):
-            True answer of the problem.
-    """
-
-    steps: list[str]
-    step_errors: list[str | None]
-    predicted_answer: int | None
-    answer: int
-
-    @property
-    def step_correct(self) -> list[bool]:
-        """`list[bool]`: Whether each step, on its own, is correct."""
-        return [error is None for error in self.step_errors]
-
-    @property
-    def first_error(self) -> int:
-        """`int`: Index of the first wrong step, `-1` if every step is correct (the ProcessBench label)."""
-        return next((k for k, error in enumerate(self.step_errors) if error is not None), -1)
-
-    @property
-    def step_labels(self) -> list[bool]:
-        """`list[bool]`: Ground-truth process labels: `True` for the steps before the first error, `False` from it on."""
-        first = self.first_error
-        return [first == -1 or k < first for k in range(len(self.steps))]
-
-    @property
-    def answer_correct(self) -> bool:
-        """`bool`: Whether the final answer equals the true answer."""
-        return self.predicted_answer == self.answer
-
-
-def _to_int(text: str) -> int | None:
-    text = text.strip()
-    if not re.fullmatch(rf"-?\d{{1,{_MAX_DIGITS}}}", text):
-        return None
-    return int(text)
-
-
-def _equation_error(equation: tuple[str, str, str, str], problem: Problem, k: int) -> str | None:
-    """Error kind of the equation `(a, symbol, b, c)` written at step `k`, `None` if it is right."""
-    step = problem.steps[k]
-    operation = OPERATIONS[step.operation]
-    a, b, c = (_to_int(x) for x in (equation[0], equation[2], equation[3]))
-    symbol = {"×": "*", "x": "*", "÷": "/"}.get(equation[1], equation[1])
-    if symbol != operation.symbol:
-        return "wrong_operation"
-    expected = (problem.values[k], step.operand)
-    if (a, b) != expected and not (operation.commutative and (b, a) == expected):
-        return "wrong_operand"
-    if c is None or c != operation.apply(*expected):
-        return "arithmetic"
-    return None
-
-
-def _step_error(text: str, k: int, problem: Problem, answered: bool, is_last: bool) -> str | None:
-    """Error kind of step `k` (see [`STEP_ERRORS`]); `answered` says whether an earlier step gave an answer."""
-    num_ops = len(problem.steps)
-    equations = _EQUATION_RE.findall(text)
-    boxes = _BOXED_RE.findall(text)
-    if answered or (equations and k >= num_ops) or (not equations and boxes and k > num_ops):
-        return "extra_step"
-    if not equations and not boxes:
-        return "no_equation"
-    if len(equations) > 1:
-        return "multiple_equations"
-    if equations and (error := _equation_error(equations[0], problem, k)):
-        return error
-    if boxes:
-        if (equations and k != num_ops - 1) or (not equations and k != num_ops):
-            return "early_answer"
-        if len(boxes) > 1 or _to_int(boxes[0]) != problem.answer:
-            return "wrong_answer"
-    elif is_last:
-        return "missing_answer"
-    return None
-
-
-def check_solution(problem: Problem | str, solution: str, separator: str = "\n\n") -> SolutionCheck:
-    """Check every step of a solution against a problem, by string parsing only (the text is never evaluated).
-
-    Step `k` is correct when it writes one equation `a op b = c` for the problem's `k`-th operation, with `a` the
-    true amount before it, `b` the problem's operand (swapped allowed for `+` and `*`) and `c` the right result. The
-    answer `\\boxed{N}` must close the last computing step or be alone in the next step, hold the true answer, and
-    end the solution. Later steps are judged against the true amounts, so an error carried forward is wrong again.
-
-    Args:
-        problem ([`Problem`] or `str`):
-            The problem, or its statement (parsed with [`parse_problem`]).
-        solution (`str`):
-            The solution text, untrusted (e.g. sampled from a model).
-        separator (`str`, *optional*, defaults to `"\\n\\n"`):
-            Text between two steps.
-
-    Returns:
-        [`SolutionCheck`]: Per-step errors, first wrong step, predicted and true answers.
-    """
-    if isinstance(problem, str):
-        problem = parse_problem(problem)
-    if not isinstance(solution, str):
-        raise TypeError(f"solution must be a str, got {type(solution).__name__}.")
-    steps = StepFormat(separator).split(solution) or [""]
-    errors, answered = [], False
-    for k, text in enumerate(steps):
-        errors.append(_step_error(text, k, problem, answered, is_last=k == len(steps) - 1))
-        answered = answered or bool(_BOXED_RE.search(text))
-    boxes = _BOXED_RE.findall(solution)
-    predicted = _to_int(boxes[-1]) if boxes else None
-    return SolutionCheck(steps=steps, step_errors=errors, predicted_answer=predicted, answer=problem.answer)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Datasets
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -518,86 +477,6 @@ def build_problem_dataset(problems: Sequence[Problem], separator: str = "\n\n") 
             for p in problems
         ]
     )
-
-
-def _checked_rows(problems: Sequence[Problem], solutions: Sequence[Sequence[str]], separator: str):
-    if len(problems) != len(solutions):
-        raise ValueError(
-            f"Got {len(problems)} problems but {len(solutions)} lists of solutions: pass one list of solutions per "
-            "problem (e.g. the output of sample_solutions)."
-        )
-    for i, (problem, group) in enumerate(zip(problems, solutions)):
-        if isinstance(group, str):
-            raise TypeError(f"solutions[{i}] is a str: pass a list of solutions per problem, e.g. [[s1, s2], ...].")
-        for j, solution in enumerate(group):
-            yield i, j, problem, check_solution(problem, solution, separator)
-
-
-def build_processbench_dataset(
-    problems: Sequence[Problem], solutions: Sequence[Sequence[str]], separator: str = "\n\n"
-) -> Dataset:
-    """ProcessBench-style items with the true index of the first wrong step.
-
-    Columns: `id` (`str`, `"<problem>-<sample>"`), `problem` (`str`), `steps` (`list[str]`), `label` (`int`, first
-    wrong step, `-1` if none), `final_answer_correct` (`bool`), `answer` (`str`).
-
-    Args:
-        problems (`Sequence[Problem]`):
-            The problems.
-        solutions (`Sequence[Sequence[str]]`):
-            For each problem, its solutions (e.g. from [`~trl_erprm.quickstart.sample_solutions`]).
-        separator (`str`, *optional*, defaults to `"\\n\\n"`):
-            Text between two steps.
-
-    Returns:
-        [`~datasets.Dataset`]: One row per solution.
-    """
-    rows = [
-        {
-            "id": f"{i}-{j}",
-            "problem": problem.text,
-            "steps": check.steps,
-            "label": check.first_error,
-            "final_answer_correct": check.answer_correct,
-            "answer": str(problem.answer),
-        }
-        for i, j, problem, check in _checked_rows(problems, solutions, separator)
-    ]
-    return Dataset.from_list(rows)
-
-
-def build_stepwise_dataset(
-    problems: Sequence[Problem], solutions: Sequence[Sequence[str]], separator: str = "\n\n"
-) -> Dataset:
-    """Stepwise-supervision rows (TRL's format) with ground-truth step labels.
-
-    Columns: `prompt` (`str`, the problem), `completions` (`list[str]`, the steps), `labels` (`list[bool]`, `True`
-    before the first wrong step and `False` from it on), `first_error` (`int`), `final_answer_correct` (`bool`),
-    `answer` (`str`).
-
-    Args:
-        problems (`Sequence[Problem]`):
-            The problems.
-        solutions (`Sequence[Sequence[str]]`):
-            For each problem, its solutions.
-        separator (`str`, *optional*, defaults to `"\\n\\n"`):
-            Text between two steps.
-
-    Returns:
-        [`~datasets.Dataset`]: One row per solution.
-    """
-    rows = [
-        {
-            "prompt": problem.text,
-            "completions": check.steps,
-            "labels": check.step_labels,
-            "first_error": check.first_error,
-            "final_answer_correct": check.answer_correct,
-            "answer": str(problem.answer),
-        }
-        for _, _, problem, check in _checked_rows(problems, solutions, separator)
-    ]
-    return Dataset.from_list(rows)
 
 
 def task_corpus(num_problems: int = 2000, config: TaskConfig | None = None, seed: int = 0) -> list[str]:

@@ -133,7 +133,7 @@ def _check_problems(problems: Sequence[dict], what: str) -> list[dict]:
 class _Run:
     """The state of one RAFT run: its store, the current policy, the scorer and the grader."""
 
-    def __init__(self, config, policy, tokenizer, train, held_out, scorer, grader, on_stage_end):
+    def __init__(self, config, policy, tokenizer, train, held_out, scorer, grader, on_stage_end, samples=None):
         from accelerate import PartialState
 
         from ..models import load_tokenizer
@@ -150,14 +150,14 @@ class _Run:
         self.owned: list = []
         self.on_stage_end = on_stage_end
         self.root = Path(config.output_dir)
-        self.run_id = content_hash([config.job(), train, held_out])[:16]
+        self.samples = samples  # round 1's completions, sampled beforehand (or None)
+        self.problems_hash = content_hash([train, held_out] + ([samples] if samples is not None else []))
+        self.run_id = content_hash([config.job(), train, held_out] + ([samples] if samples is not None else []))[:16]
 
     # -- the store of finished stages -------------------------------------------------------------------------------
 
     def open(self) -> dict[int, dict]:
-        manifest = make_manifest(
-            RAFT_FORMAT, self.config.job(), len(self.train), content_hash([self.train, self.held_out])
-        )
+        manifest = make_manifest(RAFT_FORMAT, self.config.job(), len(self.train), self.problems_hash)
         rounds = tuple(f"round-{k}" for k in range(self.config.num_rounds + 1))
         self.store = JobStore(
             self.root, manifest, rank=self.state.process_index, outputs=REPORTS + rounds,
@@ -291,6 +291,13 @@ class _Run:
 
     def sample(self, k: int) -> dict:
         c = self.config
+        if k == 1 and self.samples is not None:  # given: recorded as they are, nothing is generated
+
+            def given(chunk):
+                return [{"index": i, "completions": list(self.samples[i]), "finish": None} for i in chunk]
+
+            self.sharded(self.root / "round-1" / "samples", "samples", len(self.train), given, "RAFT round 1: samples")
+            return {"samples": sum(len(texts) for texts in self.samples), "truncated_fraction": None, "given": True}
         self._generator = self.generator()
         try:
 
@@ -526,6 +533,23 @@ class _Run:
         self.store.close()
 
 
+def _check_samples(samples: Sequence[Sequence[str]], num_problems: int, num_samples: int) -> list[list[str]]:
+    """Round 1's given completions as lists of texts, one list of `num_samples` per training problem."""
+    if isinstance(samples, str) or len(samples) != num_problems:
+        raise ValueError(
+            f"samples must hold one list of completions per training problem ({num_problems}), got "
+            f"{'a str' if isinstance(samples, str) else len(samples)}."
+        )
+    out = []
+    for i, texts in enumerate(samples):
+        if isinstance(texts, str) or len(texts) != num_samples or not all(isinstance(t, str) for t in texts):
+            raise ValueError(
+                f"samples[{i}] must be a list of num_samples={num_samples} completion texts, got {texts!r:.80}."
+            )
+        out.append(list(texts))
+    return out
+
+
 def _mean(values: Sequence[float]) -> float | None:
     values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return sum(values) / len(values) if values else None
@@ -545,6 +569,8 @@ def run_raft(
     scorer=None,
     grader=None,
     on_stage_end: Callable[[int, str, dict], None] | None = None,
+    samples: Sequence[Sequence[str]] | None = None,
+    start_eval: dict | None = None,
 ) -> dict:
     """Run RAFT end to end, resuming what `config.output_dir` already holds, and write the reports.
 
@@ -571,6 +597,15 @@ def run_raft(
             `None`).
         on_stage_end (`Callable[[int, str, dict], None]`, *optional*):
             Called on every process after each finished stage with the round, the stage name and its record.
+        samples (`Sequence[Sequence[str]]`, *optional*):
+            Round 1's completions, sampled beforehand: `config.num_samples` texts per training problem, in the order
+            of the problems. Round 1 scores and selects them instead of sampling, so several runs that differ only in
+            their scorer (RAFT with several PRMs, outcome or majority selection) share one sampling pass. They are
+            part of the run's identity; later rounds sample from the round's policy as usual.
+        start_eval (`dict`, *optional*):
+            Round 0's evaluation of the SAME initial policy on the same held-out problems with the same settings and
+            seed, by another run (its `report["rounds"][0]`, with `accuracy` and `eval_problems`): recorded instead of
+            evaluating the initial policy again (runs that differ only in their scorer measure the same start).
 
     Returns:
         `dict`: The report written to `results.json`: `rounds` (one summary per round: `accuracy`, `selected`,
@@ -589,7 +624,18 @@ def run_raft(
     policy = policy if policy is not None else config.model_name_or_path
     if policy is None:
         raise ValueError("RAFT needs a policy: set --model_name_or_path (or pass policy to run_raft).")
-    run = _Run(config, policy, tokenizer, train, held_out, scorer, grader, on_stage_end)
+    if samples is not None:
+        samples = _check_samples(samples, len(train), config.num_samples)
+    if start_eval is not None and (
+        not isinstance(start_eval, dict)
+        or "accuracy" not in start_eval
+        or start_eval.get("eval_problems") != len(held_out)
+    ):
+        raise ValueError(
+            f"start_eval must be round 0 of a run on the same {len(held_out)} held-out problems (a dict with 'accuracy' "
+            f"and 'eval_problems'), got {start_eval!r:.120}."
+        )
+    run = _Run(config, policy, tokenizer, train, held_out, scorer, grader, on_stage_end, samples)
     done = run.open()
     rounds, stopped = [], None
     try:
@@ -608,6 +654,8 @@ def run_raft(
                         "select": run.select,
                         "train": run.train_policy,
                     }
+                    if k == 0 and start_eval is not None:  # the initial policy, measured by another run
+                        action["eval"] = lambda _: {**start_eval, "given": True}
                     record = run.finish(k, stage, action.get(stage, run.evaluate)(k))
                 summary.update({key: v for key, v in record.items() if key not in ("index", "round", "stage")})
                 if record.get("stopped"):
