@@ -1,20 +1,23 @@
 """LM-head vs token-classification PRM on the quickstart's arithmetic task: same data, same training budget.
 
-    python benchmarks/prm_heads.py [--quick] [--output prm_heads.json]
+    python benchmarks/prm_heads.py [--quick] [--seed S] [--output prm_heads.json]
 
-Both PRMs start from the quickstart's tiny policy: the token-classification PRM with a new 2-label head on its body
-(as the quickstart trains its PRMs), the LM-head PRM with the policy's own LM head, reading "+" / "-" at a " ки" tag
-after every step. Both train with `ERPRMTrainer` on the same labels, the same epochs, batch size, learning rate and
-seed: the MC-rollout labels (ER labels, the quickstart's eta) and, as a control, the checker's true step labels. Then
-all four score the same held-out candidates. Reported: step accuracy
-against the checker's truth, the ProcessBench-style step F1, and Best-of-N accuracy at every N (mean over random
-candidate subsets), with majority vote and the first sample as references. The policy is the quickstart's cached one
-(trained on first use, about a minute).
+Both PRMs start from the quickstart's tiny policy, trained exactly as the quickstart trains its PRMs (its
+`ERPRMConfig` and scorer for either `head`): the LM-head PRM reads the policy's own logits of " +" / " -" at the " ки"
+tag after every step (the quickstart's default), the token-classification PRM puts a new 2-label head on the policy's
+body. Both train with `ERPRMTrainer` on the same labels, the same epochs, batch size, learning rate and seed: the
+MC-rollout labels (ER labels with the quickstart's headline eta) and, as a control, the checker's true step labels.
+Then all four score the same held-out candidates. The sizes are the quickstart's defaults (256 problems x 4 sampled
+solutions labelled with 8 rollouts per step, 200 x 16 held-out candidates). Reported: step accuracy against the
+checker's truth, the ProcessBench-style step F1, Best-of-N accuracy at every N (mean over random candidate subsets)
+and each PRM's training time, with majority vote, pass@N and the first sample as references. The policy is the
+quickstart's cached one (trained on first use, a few minutes).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import tempfile
@@ -39,16 +42,15 @@ def run(quick: bool = False, seed: int = 0, learning_rate: float = 1e-3) -> dict
     import torch
     from datasets import Dataset
 
-    from trl_erprm import ERPRMConfig, ERPRMTrainer
-    from trl_erprm.evaluation.scorers import LMHeadScorer, TokenClassificationScorer
+    from trl_erprm import ERPRMTrainer
     from trl_erprm.models import load_model
     from trl_erprm.quickstart import bon, pipeline, task
-    from trl_erprm.quickstart.common import STEP_SEPARATOR, sample_candidates, stage_seed, trainer_args
+    from trl_erprm.quickstart.common import sample_candidates, stage_seed
     from trl_erprm.quickstart.config import QuickstartConfig, prm_name
-    from trl_erprm.quickstart.labels import label_training_solutions
+    from trl_erprm.quickstart.labels import _prm_args, label_training_solutions, prm_scorer
     from trl_erprm.quickstart.policy import format_prompt
 
-    sizes = {}  # the quickstart's own sizes: 256 x 4 training solutions, 8 rollouts, 200 x 16 held-out candidates
+    sizes = {}  # the quickstart's defaults: 256 x 4 training solutions, 8 rollouts, 200 x 16 held-out candidates
     if quick:
         sizes = {"num_train_problems": 8, "num_test_problems": 8, "num_candidates": 4, "num_rollouts": 2}
     config = QuickstartConfig(seed=seed, prm_learning_rate=learning_rate, num_subset_draws=10, **sizes)
@@ -74,43 +76,23 @@ def run(quick: bool = False, seed: int = 0, learning_rate: float = 1e-3) -> dict
         ],
     }
 
-    common = {
-        **trainer_args(str(out / "prm"), stage_seed(seed, "prm")),
-        "eta": config.er_eta,
-        "step_separator": STEP_SEPARATOR,
-        "max_length": 256,
-        "num_train_epochs": config.prm_epochs,
-        "per_device_train_batch_size": config.prm_batch_size,
-        "learning_rate": config.prm_learning_rate,
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": 0.05,
-        "logging_steps": 5,
-        "disable_tqdm": True,
-    }
-    heads = {
-        # the policy's body with a fresh classification head, as the quickstart trains its PRMs
-        "token_classification": ({}, lambda: load_model(policy_path, "token_classification", num_labels=2)),
-        # the policy's own LM head; the prompt is the chat prompt, whose assistant turn the steps continue
-        "lm": ({"head": "lm", "prompt_separator": ""}, lambda: load_model(policy_path, "causal_lm")),
-    }
     scorers, training = {}, {}
     for labels, rows in labelled.items():
-        for name, (extra, build) in heads.items():
-            key = f"{name}/{labels}"
+        for head in ("token_classification", "lm"):
+            key = f"{head}/{labels}"
+            head_config = dataclasses.replace(config, head=head)  # the quickstart's PRM settings for this head
             torch.manual_seed(stage_seed(seed, "prm"))  # the same start for every PRM
-            args = ERPRMConfig(**{**common, "output_dir": str(out / name / labels), **extra})
-            dataset = Dataset.from_list(rows)
-            trainer = ERPRMTrainer(model=build(), args=args, train_dataset=dataset, processing_class=tokenizer)
+            kind = "causal_lm" if head == "lm" else "token_classification"
+            prm = load_model(policy_path, kind, **({"num_labels": 2} if head != "lm" else {}))
+            args = _prm_args(head_config, key.replace("/", "-"), config.er_eta, seed, out)
+            args.disable_tqdm = True
+            trainer = ERPRMTrainer(
+                model=prm, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+            )
             started = time.perf_counter()
             result = trainer.train()
             training[key] = {"train_loss": result.training_loss, "seconds": round(time.perf_counter() - started, 1)}
-            prm = trainer.model.eval()
-            if name == "lm":
-                scorers[key] = LMHeadScorer(
-                    prm, tokenizer, step_separator=STEP_SEPARATOR, prompt_separator="", batch_size=32
-                )
-            else:
-                scorers[key] = TokenClassificationScorer(prm, tokenizer, step_separator=STEP_SEPARATOR, batch_size=32)
+            scorers[key] = prm_scorer(head_config, trainer.model.eval(), tokenizer)
 
     test = sample_candidates(
         model,
