@@ -362,33 +362,34 @@ def _labeler_vs_generate(model_path, tokenizer, rows, prompts, seeds, settings, 
 def _reuse_on_quickstart(out, quick: bool) -> None:
     """Share of step prefixes reused on solutions sampled by the quickstart's policy (from the rollout keys)."""
     from trl_erprm.labeling.labeler import ERPRMLabeler
-    from trl_erprm.quickstart.pipeline import FAST_SETTINGS, STEP_SEPARATOR, default_policy_dir, stage_seed
-    from trl_erprm.quickstart.policy import PolicyConfig, load_policy, policy_path, sample_solutions, train_policy
-    from trl_erprm.quickstart.task import check_solution, generate_problems
+    from trl_erprm.quickstart.common import STEP_SEPARATOR, sample_candidates, stage_seed
+    from trl_erprm.quickstart.config import FAST_SETTINGS, default_policy_dir, quickstart_config
+    from trl_erprm.quickstart.policy import PolicyConfig, load_policy, policy_path, train_policy
+    from trl_erprm.quickstart.task import generate_problems
 
-    folder = default_policy_dir()
-    policy = PolicyConfig(max_steps=1000)  # the quickstart's default policy, if it is cached
-    if not (policy_path(folder, policy) / "model.safetensors").is_file():
-        policy = PolicyConfig(max_steps=FAST_SETTINGS["policy_steps"])  # else the `--fast` one (trained once)
-    path = train_policy(folder, policy, show_progress=False)
+    folder, config = default_policy_dir(), quickstart_config()
+    policy = PolicyConfig(max_steps=config.policy_steps, misconception=config.misconception, seed=0)
+    if not (policy_path(folder, policy) / "model.safetensors").is_file():  # the default policy, if it is cached
+        policy = PolicyConfig(max_steps=FAST_SETTINGS["policy_steps"], misconception=config.misconception, seed=0)
+    path = train_policy(folder, policy, show_progress=False)  # else the `--fast` one (trained once)
     model, tokenizer = load_policy(path)
     problems = generate_problems(16 if quick else 64, seed=stage_seed(0, "bench-labeler"))
     labeler = ERPRMLabeler(
         model_name_or_path=path,
         tokenizer=tokenizer,
         num_rollouts=8,
-        max_new_tokens=96,
+        max_new_tokens=config.max_new_tokens,
         seed=stage_seed(0, "rollouts"),
         prefix_placement="assistant",
         user_instruction="",
         step_separator=STEP_SEPARATOR,
     )
     for per_problem in (4, 16):
-        texts = sample_solutions(model, problems, n=per_problem, seed=1, tokenizer=tokenizer, max_new_tokens=96)
+        groups = sample_candidates(model, tokenizer, problems, per_problem, 1, config.max_new_tokens)
         keys = []
-        for problem, group in zip(problems, texts):
-            for text in group:
-                steps = [s for s in check_solution(problem, text, STEP_SEPARATOR).steps if s]
+        for problem, group in zip(problems, groups):
+            for candidate in group:
+                steps = [s for s in candidate.steps if s]
                 for k in range(1, len(steps)):
                     ids = labeler.rollout_prompt(problem.text, steps[:k])
                     keys.append(labeler.rollout_key(ids, str(problem.answer)))

@@ -230,3 +230,17 @@ def test_labeler_benchmark_plain_generate_reproduces_the_backends_sequences(benc
     assert reasons == {"eos", "length"}, reasons  # fixed seeds: both kinds of ending occur
     forced = bench_labeler._forced_generate(backend.model, sequences, {"generation_batch_size": 4})
     assert forced == [list(ids) for _, ids in sequences]
+
+
+@pytest.mark.slow
+def test_labeler_benchmark_reuse_on_the_quickstart_runs_on_its_policy(bench_labeler, tmp_path, monkeypatch):
+    """The reuse figure is taken on the quickstart's own policy and task (the `--fast` policy when the default one is
+    not cached): it follows the quickstart's modules, and identical step prefixes are counted once."""
+    monkeypatch.setenv("TRL_ERPRM_CACHE", str(tmp_path))  # an empty cache: the `--fast` policy is trained here
+    out = {"notes": []}
+    bench_labeler._reuse_on_quickstart(out, quick=True)
+    for n in (4, 16):
+        prefixes = out[f"quickstart {n} solutions per problem: step prefixes"]
+        reused = out[f"quickstart {n} solutions per problem: share of step prefixes reused"]
+        assert prefixes > 16 and 0.0 < reused < 1.0, (n, prefixes, reused)
+    assert "training steps" in out["notes"][0]
