@@ -77,6 +77,10 @@ def worker(conn):
     conn.send("ready")
     answer, gold = conn.recv()
     conn.send("correct" if verify(parse(gold), parse(answer)) else "incorrect")
+    try:
+        conn.recv()  # stay alive (a persistent worker, like ours) until measured and killed
+    except EOFError:
+        pass
 if __name__ == "__main__":
     start = time.perf_counter()
     context = multiprocessing.get_context("forkserver")
