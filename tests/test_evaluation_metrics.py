@@ -236,3 +236,15 @@ def test_pairwise_accuracy_by_hand():
     assert math.isnan(pairwise_accuracy([[0.1, 0.2]], [[False, False]]))
     with pytest.raises(ValueError, match="Problem 0: 2 scores but 1 correctness values"):
         pairwise_accuracy([[0.1, 0.2]], [[True]])
+
+
+def test_selection_curves_take_the_vote_weight_per_aggregation():
+    """PRMs of both kinds in one call: probabilities vote with their score, an implicit PRM's values with sigmoid."""
+    correct, keys = [[1.0, 0.0, 0.0]], [["4", "5", "5"]]
+    scores = {"prob": [[0.3, 0.2, 0.2]], "implicit": [[1.5, -0.5, -0.5]]}
+    curves = selection_curves(correct, keys, scores, n_values=[3], num_seeds=1, vote_weight={"implicit": "sigmoid"})
+    assert curves["weighted_majority_prob"][3]["mean"] == 0.0  # "4" weighs 0.3, "5" weighs 0.2 + 0.2
+    # sigmoid(1.5) = 0.818 for "4" against 2 * sigmoid(-0.5) = 0.755 for "5"
+    assert curves["weighted_majority_implicit"][3]["mean"] == 1.0
+    with pytest.raises(ValueError, match="aggregation 'implicit'"):
+        selection_curves(correct, keys, scores, n_values=[3], num_seeds=1)  # raw negative values refused

@@ -308,7 +308,7 @@ def selection_curves(
     num_seeds: int = 5,
     seed: int = 0,
     subsets: str = "random",
-    vote_weight: str = "score",
+    vote_weight: str | dict[str, str] = "score",
 ) -> dict[str, dict[int, dict]]:
     """Accuracy at each N of Best-of-N per aggregation, majority vote, weighted majority per aggregation and pass@N.
 
@@ -332,9 +332,10 @@ def selection_curves(
             Base seed of the subset draws.
         subsets (`str`, *optional*, defaults to `"random"`):
             `"random"` or `"all"` (exhaustive).
-        vote_weight (`str`, *optional*, defaults to `"score"`):
+        vote_weight (`str` or `dict[str, str]`, *optional*, defaults to `"score"`):
             How `weighted_majority_<agg>` weighs a candidate ([`VOTE_WEIGHTS`]): `"score"` (a probability) or
-            `"sigmoid"` (an implicit PRM's values). Best-of-N ranks the scores themselves.
+            `"sigmoid"` (an implicit PRM's values); a dict gives it per aggregation name (`"score"` for a name it
+            lacks), for scores of PRMs of both kinds. Best-of-N ranks the scores themselves.
 
     Returns:
         `dict[str, dict[int, dict]]`: `{method: {N: {"mean": float, "std": float, "values": list[float]}}}` with
@@ -352,7 +353,10 @@ def selection_curves(
     if n_values is None:
         n_values = default_n_values(max(sizes, default=1))
     names = _method_names(scores)
-    weights = {agg: [vote_weights(problem, vote_weight) for problem in values] for agg, values in scores.items()}
+    kinds = vote_weight if isinstance(vote_weight, dict) else dict.fromkeys(scores, vote_weight)
+    weights = {
+        agg: [vote_weights(problem, kinds.get(agg, "score")) for problem in values] for agg, values in scores.items()
+    }
     for agg, values in weights.items():
         for p, problem in enumerate(values):
             check_vote_weights(problem, f"problem {p} (aggregation {agg!r})")

@@ -17,6 +17,12 @@ from .common import say
 CALIBRATION_SIZE = 256
 
 
+def _is_probability(name: str) -> bool:
+    """Whether a PRM's scores are probabilities (the MC-label PRMs and the control) rather than an implicit PRM's
+    unbounded values (`implicit`, `implicit_noref`), which vote with their sigmoid."""
+    return not name.startswith("implicit")
+
+
 def step_f1(test_scores, test_first_errors, calib_scores, calib_first_errors, probabilities: bool) -> dict:
     """ProcessBench metrics of PRM step scores, at threshold 0.5 and at the threshold that is best on other solutions.
 
@@ -84,7 +90,7 @@ def step_metrics(name: str, scores, test, train_scores, train) -> dict:
     scored = [i for i, c in enumerate(flat) if c.steps]
     mine = [scores[i] for i in scored]
     first_errors = [flat[i].first_error for i in scored]
-    probabilities = not name.startswith("implicit")
+    probabilities = _is_probability(name)
     out.update(step_f1(mine, first_errors, train_scores, [c.first_error for c in train], probabilities))
     if probabilities:
         out["step_accuracy"] = label_quality(mine, [flat[i].step_truth for i in scored], first_errors)["step_accuracy"]
@@ -119,6 +125,7 @@ def best_of_n(config, test, scores: dict[str, list[list[float]]], seed: int) -> 
     curves = selection_curves(
         correct, [[c.answer_key for c in group] for group in test], per_problem, n_values=n_values,
         num_seeds=config.num_subset_draws, seed=seed,
+        vote_weight={name: "score" if _is_probability(name) else "sigmoid" for name in per_problem},
     )  # fmt: skip
     return {
         "n_values": n_values,
