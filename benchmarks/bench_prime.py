@@ -44,7 +44,6 @@ def run(quick: bool = False) -> dict:
     """
     import torch
     from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     from trl.rewards import accuracy_reward
 
@@ -64,18 +63,6 @@ def run(quick: bool = False) -> dict:
         "prime": "update_mode=single, separate reference model, band [0, 1]",
         "torch_threads": torch.get_num_threads(),
     }
-
-    class StepTimer(TrainerCallback):
-        """Wall and CPU time of every optimizer step (generation, scoring, PRIME's work, forward, backward, update)."""
-
-        def __init__(self):
-            self.times, self.start = [], (0.0, 0.0)
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = (time.perf_counter(), time.process_time())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append((time.perf_counter() - self.start[0], time.process_time() - self.start[1]))
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(os.path.join(tmp, "tokenizer"))
@@ -101,7 +88,7 @@ def run(quick: bool = False) -> dict:
             "disable_tqdm": True,
             "seed": 0,
         }
-        trainers, timers = {}, {}
+        trainers = {}
         for name, cls, config in (
             ("grpo", GRPOTrainer, GRPOConfig(output_dir=os.path.join(tmp, "grpo"), **common)),
             (
@@ -115,28 +102,74 @@ def run(quick: bool = False) -> dict:
             trainer = cls(
                 model=model_path, reward_funcs=[accuracy_reward], args=config, train_dataset=Dataset.from_list(rows)
             )
-            trainer.remove_callback(PrinterCallback)  # keep stdout for the result
-            timers[name] = StepTimer()
-            trainer.add_callback(timers[name])
             trainers[name] = trainer
-        for r in range(warmup_rounds + rounds):
-            for name in ("grpo", "prime") if r % 2 == 0 else ("prime", "grpo"):
-                trainers[name].train()
+        return interleaved_step_ratios(
+            trainers, "prime", "PRIMETrainer", settings, warmup_rounds, rounds, steps_per_round
+        )
 
+
+def interleaved_step_ratios(
+    trainers: dict, name: str, label: str, settings: dict, warmup_rounds: int, rounds: int, steps_per_round: int
+) -> dict:
+    """Train `trainers["grpo"]` and `trainers[name]` one round each in turn (the order alternating over rounds), time
+    every optimizer step (wall and CPU), and pair each step of `name` with the baseline's step of the same round.
+
+    Args:
+        trainers (`dict`):
+            `{"grpo": GRPOTrainer, name: its subclass}`, each with `max_steps = steps_per_round` per `train()`.
+        name (`str`):
+            Key of the measured trainer (also the prefix of its result fields).
+        label (`str`):
+            Its class name in the ratio labels.
+        settings (`dict`):
+            The run's settings; `pairs` is added.
+        warmup_rounds (`int`):
+            Rounds trained but not timed.
+        rounds (`int`):
+            Timed rounds.
+        steps_per_round (`int`):
+            Optimizer steps per round.
+
+    Returns:
+        `dict`: `settings`, the per-step times of both trainers and their `ratios` (wall and CPU time).
+    """
+    from transformers import PrinterCallback, TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall and CPU time of every optimizer step (generation, scoring, the subclass's work, forward, backward,
+        update)."""
+
+        def __init__(self):
+            self.times, self.start = [], (0.0, 0.0)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = (time.perf_counter(), time.process_time())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append((time.perf_counter() - self.start[0], time.process_time() - self.start[1]))
+
+    timers = {}
+    for key, trainer in trainers.items():
+        trainer.remove_callback(PrinterCallback)  # keep stdout for the result
+        timers[key] = StepTimer()
+        trainer.add_callback(timers[key])
+    for r in range(warmup_rounds + rounds):
+        for key in ("grpo", name) if r % 2 == 0 else (name, "grpo"):
+            trainers[key].train()
     skip = warmup_rounds * steps_per_round
-    pairs = list(zip(timers["prime"].times[skip:], timers["grpo"].times[skip:]))
+    pairs = list(zip(timers[name].times[skip:], timers["grpo"].times[skip:]))
     if len(pairs) != rounds * steps_per_round:
         raise RuntimeError(f"Expected {rounds * steps_per_round} timed step pairs, got {len(pairs)}.")
     settings["pairs"] = len(pairs)
     return {
         "settings": settings,
-        "prime_step_s": [p[0] for p, _ in pairs],
+        f"{name}_step_s": [p[0] for p, _ in pairs],
         "grpo_step_s": [g[0] for _, g in pairs],
-        "cpu_prime_step_s": [p[1] for p, _ in pairs],
+        f"cpu_{name}_step_s": [p[1] for p, _ in pairs],
         "cpu_grpo_step_s": [g[1] for _, g in pairs],
         "ratios": {
-            "PRIMETrainer step / GRPOTrainer step, wall time": [p[0] / g[0] for p, g in pairs],
-            "PRIMETrainer step / GRPOTrainer step, CPU time": [p[1] / g[1] for p, g in pairs],
+            f"{label} step / GRPOTrainer step, wall time": [p[0] / g[0] for p, g in pairs],
+            f"{label} step / GRPOTrainer step, CPU time": [p[1] / g[1] for p, g in pairs],
         },
     }
 

@@ -18,7 +18,8 @@ import argparse
 import json
 import os
 import tempfile
-import time
+
+from bench_prime import interleaved_step_ratios
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,7 +46,6 @@ def run(quick: bool = False) -> dict:
     """
     import torch
     from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     from trl.rewards import accuracy_reward
 
@@ -65,18 +65,6 @@ def run(quick: bool = False) -> dict:
         "prm": "tiny Qwen2 token classification (hidden 64, 2 layers), float32, min aggregation, outcome_coef 0",
         "torch_threads": torch.get_num_threads(),
     }
-
-    class StepTimer(TrainerCallback):
-        """Wall and CPU time of every optimizer step (generation, scoring, the PRM's work, forward, backward, update)."""
-
-        def __init__(self):
-            self.times, self.start = [], (0.0, 0.0)
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = (time.perf_counter(), time.process_time())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append((time.perf_counter() - self.start[0], time.process_time() - self.start[1]))
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(os.path.join(tmp, "tokenizer"))
@@ -104,7 +92,7 @@ def run(quick: bool = False) -> dict:
             "disable_tqdm": True,
             "seed": 0,
         }
-        trainers, timers = {}, {}
+        trainers = {}
         for name, cls, config in (
             ("grpo", GRPOTrainer, GRPOConfig(output_dir=os.path.join(tmp, "grpo"), **common)),
             (
@@ -116,30 +104,10 @@ def run(quick: bool = False) -> dict:
             trainer = cls(
                 model=model_path, reward_funcs=[accuracy_reward], args=config, train_dataset=Dataset.from_list(rows)
             )
-            trainer.remove_callback(PrinterCallback)  # keep stdout for the result
-            timers[name] = StepTimer()
-            trainer.add_callback(timers[name])
             trainers[name] = trainer
-        for r in range(warmup_rounds + rounds):
-            for name in ("grpo", "prm_grpo") if r % 2 == 0 else ("prm_grpo", "grpo"):
-                trainers[name].train()
-
-    skip = warmup_rounds * steps_per_round
-    pairs = list(zip(timers["prm_grpo"].times[skip:], timers["grpo"].times[skip:]))
-    if len(pairs) != rounds * steps_per_round:
-        raise RuntimeError(f"Expected {rounds * steps_per_round} timed step pairs, got {len(pairs)}.")
-    settings["pairs"] = len(pairs)
-    return {
-        "settings": settings,
-        "prm_grpo_step_s": [p[0] for p, _ in pairs],
-        "grpo_step_s": [g[0] for _, g in pairs],
-        "cpu_prm_grpo_step_s": [p[1] for p, _ in pairs],
-        "cpu_grpo_step_s": [g[1] for _, g in pairs],
-        "ratios": {
-            "PRMGRPOTrainer step / GRPOTrainer step, wall time": [p[0] / g[0] for p, g in pairs],
-            "PRMGRPOTrainer step / GRPOTrainer step, CPU time": [p[1] / g[1] for p, g in pairs],
-        },
-    }
+        return interleaved_step_ratios(
+            trainers, "prm_grpo", "PRMGRPOTrainer", settings, warmup_rounds, rounds, steps_per_round
+        )
 
 
 if __name__ == "__main__":
