@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -146,6 +145,34 @@ def _cli(out, causal_lm_path, token_cls_path, data):
     return args, env
 
 
+KILL_AT_STEP = 2
+
+
+def killed_at_checkpoint(argv: list[str]) -> None:
+    """Run the RAFT CLI and die by SIGKILL right after the fine-tuning wrote `checkpoint-{KILL_AT_STEP}`.
+
+    The kill comes from the trainer's own `on_save` callback, so it lands at the same point on every machine (polling
+    for the folder from outside raced with a fast machine, which could finish the fine-tuning before the signal).
+    """
+    import trl
+    from transformers import TrainerCallback
+
+    from trl_erprm import cli
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == KILL_AT_STEP:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    class KilledSFTTrainer(trl.SFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(KillAfterSave())
+
+    trl.SFTTrainer = KilledSFTTrainer  # RAFT imports it from `trl` when it fine-tunes
+    cli.main(argv)
+
+
 @pytest.mark.slow
 def test_a_run_killed_while_fine_tuning_resumes_to_the_same_result(causal_lm_path, token_cls_path, tmp_path):
     data = tmp_path / "problems.jsonl"
@@ -156,20 +183,19 @@ def test_a_run_killed_while_fine_tuning_resumes_to_the_same_result(causal_lm_pat
     assert subprocess.run(args, env=env, capture_output=True, timeout=600).returncode == 0
 
     args, env = _cli(tmp_path / "killed", causal_lm_path, token_cls_path, str(data))
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed" / "round-1" / "sft" / "checkpoint-2" / "trainer_state.json"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert checkpoint.exists(), "the run ended or timed out before its second fine-tuning checkpoint"
+    killed = subprocess.run(
+        [sys.executable, __file__, *args[3:]], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    sft = tmp_path / "killed" / "round-1" / "sft"
+    assert (sft / f"checkpoint-{KILL_AT_STEP}" / "trainer_state.json").is_file()
+    assert not (sft / f"checkpoint-{KILL_AT_STEP + 1}").exists()
     assert not (tmp_path / "killed" / "results.json").exists()
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
-    assert resumed["rounds"][1]["resumed_from"] is not None
+    assert resumed["rounds"][1]["resumed_from"] == str(sft / f"checkpoint-{KILL_AT_STEP}")
     for key in ("selected", "mean_selected_score", "accuracy"):
         assert resumed["rounds"][1][key] == whole["rounds"][1][key]
     # (train_loss is the mean over the fine-tuning steps run after the resume, as transformers reports it)
@@ -374,3 +400,7 @@ def test_given_samples_are_scored_and_selected_without_sampling(causal_lm_path, 
         )  # fmt: skip
     with pytest.raises(ValueError, match="one list of completions per training problem"):
         run_raft(config(tmp_path / "bad"), causal_lm_path, train_problems=problems, eval_problems=HELD_OUT, samples=[])
+
+
+if __name__ == "__main__":  # the child of the SIGKILL test: `python tests/test_raft.py raft --model_name_or_path ...`
+    killed_at_checkpoint(sys.argv[1:])
