@@ -24,9 +24,10 @@ A local data file is its own (`train`) split: no `--dataset_split` needed (a Hub
 `--dataset_name HuggingFaceH4/MATH-500 --dataset_split test`). Separator options decode `\n`: `--prm_step_separator
 "\n"` is a newline. Errors are one line naming the fix (`TRL_ERPRM_DEBUG=1` shows the traceback).
 
-A Math-Shepherd-style LM-head PRM reads "+" / "-" at its step tag: add `--prm_type lm_head --step_tag " ки"`; an
-implicit PRM: `--prm_type implicit --ref_model <reference> --beta 0.05`. A published Best-of-N dump that already has
-correctness and scores needs no model: `--correctness_column ... --scores_column ... --answers_column ...`.
+A Math-Shepherd-style LM-head PRM reads "+" / "-" at its step tag: add `--prm_type lm_head --step_tag " ки"`. An
+implicit PRM saved by `ImplicitPRMTrainer` needs no flag (its `prm_config.json` records beta and the reference); one
+trained elsewhere: `--prm_type implicit --ref_model <reference> --beta 0.05`. A published Best-of-N dump that already
+has correctness and scores needs no model: `--correctness_column ... --scores_column ... --answers_column ...`.
 """
 
 from dataclasses import dataclass, field

@@ -32,7 +32,7 @@ from .functional import (
     implicit_token_rewards,
     selective_log_softmax,
 )
-from .models import load_model, load_tokenizer
+from .models import UNKNOWN_REFERENCE, load_model, load_tokenizer
 from .steps import StepFormat, step_end_token_indices
 
 
@@ -151,8 +151,9 @@ class ImplicitPRM:
             The PRM causal LM `pi_theta`, or its path / id (a folder with `adapter_config.json` loads as a PEFT model).
         ref_model (`str`, [`~transformers.PreTrainedModel`] or `None`, *optional*, defaults to `"adapter"`):
             The reference `pi_ref`: `"adapter"` uses `model` with its PEFT adapter disabled (one model in memory;
-            `model` must be a `PeftModel`), a path / id or a model gives a separate reference, `None` the
-            reference-free variant.
+            `model` must be a `PeftModel`, e.g. the folder of a PRM trained with a `peft_config`), a path / id or a
+            model gives a separate reference, `None` the reference-free variant.
+            [`~trl_erprm.models.UNKNOWN_REFERENCE`] (recorded for a reference built in memory) raises a `ValueError`.
         tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
             A fast tokenizer of the PRM (needs offset mappings). Loaded from the model's path when `None`.
         beta (`float`, *optional*, defaults to `0.05`):
@@ -170,6 +171,11 @@ class ImplicitPRM:
         model_init_kwargs (`dict`, *optional*):
             Keyword arguments for `from_pretrained` when `model` or `ref_model` is a path (e.g. `{"dtype":
             "bfloat16"}`); `trust_remote_code` is off unless set here.
+        device (`str`, `torch.device` or `None`, *optional*, defaults to `None`):
+            Where the PRM and its reference run (`"cpu"`, `"cuda"`, `"cuda:1"`...). A model given as a path is loaded
+            straight onto it (`device_map={"": device}`, no copy through the CPU), a model object is moved there.
+            `None`: a path loads on the CPU (or as `model_init_kwargs["device_map"]` says) and a model object stays
+            where it is; a separate reference follows the PRM's device.
 
     Attributes:
         model: The PRM causal LM (possibly a `PeftModel`).
@@ -201,6 +207,7 @@ class ImplicitPRM:
         batch_size: int = 8,
         max_length: int | None = None,
         model_init_kwargs: dict | None = None,
+        device: str | torch.device | None = None,
     ):
         if aggregation not in STEP_AGGREGATIONS:
             raise ValueError(f"Unknown aggregation {aggregation!r}; choose one of {sorted(STEP_AGGREGATIONS)}.")
@@ -211,13 +218,29 @@ class ImplicitPRM:
         if not beta > 0:
             raise ValueError(f"beta must be > 0, got {beta}.")
 
+        model_init_kwargs = dict(model_init_kwargs or {})
+        if device is not None:
+            if model_init_kwargs.get("device_map") is not None:
+                raise ValueError(
+                    f"Pass either device={device!r} or model_init_kwargs['device_map'], not both: device loads the "
+                    "PRM and its reference on one device, device_map spreads them as it says."
+                )
+            model_init_kwargs["device_map"] = {"": torch.device(device)}
         model_path = None
         if isinstance(model, (str, os.PathLike)):
             model_path = str(model)
-            model = load_model(model_path, "causal_lm", **(model_init_kwargs or {}))
+            model = load_model(model_path, "causal_lm", **model_init_kwargs)
             model.eval()
+        elif device is not None:
+            model.to(device)
         self.model = model
 
+        if isinstance(ref_model, str) and ref_model == UNKNOWN_REFERENCE:
+            raise ValueError(
+                f"ref_model is {UNKNOWN_REFERENCE!r}: the PRM's prm_config.json says it was trained against a reference "
+                "model built in memory, with no Hub id or folder to load it from. Pass ref_model=<the reference's "
+                "folder or Hub id> (load_scorer(..., ref_model=...), --ref_model on the command line)."
+            )
         self.reference_is_adapter = isinstance(ref_model, str) and ref_model == "adapter"
         if self.reference_is_adapter:
             if not _is_peft_model(model):
@@ -228,12 +251,14 @@ class ImplicitPRM:
                 )
             self.ref_model = None
         elif isinstance(ref_model, (str, os.PathLike)):
-            self.ref_model = load_model(ref_model, "causal_lm", **(model_init_kwargs or {}))
-            if not (model_init_kwargs or {}).get("device_map"):
-                self.ref_model.to(_model_device(model))
+            if device is None and not model_init_kwargs.get("device_map"):
+                model_init_kwargs["device_map"] = {"": _model_device(model)}  # straight onto the PRM's device
+            self.ref_model = load_model(ref_model, "causal_lm", **model_init_kwargs)
             self.ref_model.eval().requires_grad_(False)
         else:
             self.ref_model = ref_model
+            if ref_model is not None and device is not None:
+                ref_model.to(device)
         self.has_reference = self.reference_is_adapter or self.ref_model is not None
 
         if tokenizer is None:
@@ -244,9 +269,7 @@ class ImplicitPRM:
                 source = _name_or_path(model)  # e.g. an adapter folder saved without its tokenizer: the base's
             if source is None:
                 raise ValueError("Pass `tokenizer`: it cannot be found from the model (no `config.name_or_path`).")
-            tokenizer = load_tokenizer(
-                source, trust_remote_code=(model_init_kwargs or {}).get("trust_remote_code", False)
-            )
+            tokenizer = load_tokenizer(source, trust_remote_code=model_init_kwargs.get("trust_remote_code", False))
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(
                 "ImplicitPRM needs a fast tokenizer (it maps step separators to tokens with offset mappings). Load it "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import textwrap
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -27,7 +28,7 @@ from .functional import (
 from .implicit_prm import ImplicitPRM, completion_logps
 from .implicit_prm_config import ImplicitPRMConfig
 from .model_card import PRMModelCardMixin, implicit_prm_snippets, model_source, shown_name
-from .models import load_model, load_tokenizer
+from .models import UNKNOWN_REFERENCE, load_model, load_tokenizer, save_prm_config
 
 
 #: The pairwise losses by name: `(chosen_log_ratio (P,), rejected_log_ratio (P,), beta) -> (P,)`.
@@ -137,6 +138,7 @@ class ImplicitPRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, KeepColu
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
         self._card_reference = "adapter" if use_adapter_ref else model_source(ref_model or model)
+        self._warned_unknown_reference = False
         if is_peft_model(model) and args.gradient_checkpointing:
             model.enable_input_require_grads()
         if args.disable_dropout:
@@ -189,6 +191,55 @@ class ImplicitPRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, KeepColu
             elif self.eval_dataset is not None:
                 self.eval_dataset = self._precompute_ref_logps(self.eval_dataset, "eval", eval_batch)
 
+    def saved_prm_config(self) -> dict:
+        """How this PRM is scored, written to `prm_config.json` with every saved model ([`save_model`]).
+
+        The trainer scores whole completions and has no step separator of its own: the recorded `step_separator` is
+        [`ImplicitPRM`]'s default (`"\\n\\n"`), the one the model card's snippet uses. The reference is the one
+        the model card names: `"adapter"` (a PEFT PRM scored against its base with the adapter disabled), the Hub id
+        or folder the reference was loaded from, or [`~trl_erprm.models.UNKNOWN_REFERENCE`] when it was an in-memory
+        model with no such source (then [`~trl_erprm.evaluation.scorers.load_scorer`] asks for `ref_model`).
+
+        Returns:
+            `dict`: `head` (`"implicit"`), `beta`, `ref_model`, `step_separator`, `max_length` and the trainer's name
+            (see [`~trl_erprm.models.save_prm_config`]).
+        """
+        return {
+            "head": "implicit",
+            "beta": self.args.beta,
+            "ref_model": self._card_reference or UNKNOWN_REFERENCE,
+            "step_separator": self._scorer.step_separator,
+            "max_length": self.args.max_length,
+            "trainer": type(self).__name__,
+        }
+
+    def save_model(self, output_dir: str | None = None, **kwargs) -> None:
+        """Save the model and tokenizer as [`~transformers.Trainer.save_model`] does, plus `prm_config.json`.
+
+        [`~trl_erprm.evaluation.scorers.load_scorer`] reads `prm_config.json` ([`saved_prm_config`]) to score the
+        folder as an implicit PRM with its `beta` and reference, with no flag. Checkpoints get it too. A reference
+        with no Hub id or folder is recorded as unknown, with a warning.
+
+        Args:
+            output_dir (`str`, *optional*):
+                Folder to save to; defaults to `args.output_dir`.
+            **kwargs:
+                Passed to [`~transformers.Trainer.save_model`].
+        """
+        super().save_model(output_dir, **kwargs)
+        if self.args.should_save:
+            config = self.saved_prm_config()
+            if config["ref_model"] == UNKNOWN_REFERENCE and not self._warned_unknown_reference:
+                self._warned_unknown_reference = True
+                warnings.warn(
+                    "ImplicitPRMTrainer: the reference model was built in memory (no Hub id or folder), so "
+                    f"prm_config.json records ref_model={UNKNOWN_REFERENCE!r} and load_scorer will ask for "
+                    "ref_model=<its folder>. Save the reference (save_pretrained) and pass its folder as ref_model to "
+                    "record it.",
+                    stacklevel=2,
+                )
+            save_prm_config(output_dir or self.args.output_dir, config)
+
     def card_summary(self) -> tuple[str, list[tuple[str, str]]]:
         """The card's summary: an implicit PRM, its loss, reference and beta.
 
@@ -219,7 +270,8 @@ class ImplicitPRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, KeepColu
         Returns:
             `list[tuple[str, str]]`: One `(introduction, code)` pair.
         """
-        return implicit_prm_snippets(location, self._card_reference, self.args.beta)
+        reference = self._card_reference or UNKNOWN_REFERENCE  # not None: that would mean reference-free
+        return implicit_prm_snippets(location, reference, self.args.beta, self._scorer.step_separator)
 
     def keep_columns(self) -> list[str]:
         """The columns [`~trl_erprm.data.DataCollatorForImplicitPRM`] reads (none is a model input).

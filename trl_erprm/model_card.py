@@ -272,8 +272,9 @@ def implicit_prm_snippets(location: str, ref_model: str | None, beta: float, ste
         location (`str`):
             The PRM's Hub id or folder.
         ref_model (`str` or `None`):
-            The reference: a Hub id or folder, `"adapter"` (the PRM with its adapter disabled) or `None`
-            (reference-free).
+            The reference: a Hub id or folder, `"adapter"` (the PRM with its adapter disabled), `None`
+            (reference-free) or [`~trl_erprm.models.UNKNOWN_REFERENCE`] (an in-memory model: the snippet then raises
+            an error asking for the reference).
         beta (`float`):
             The implicit reward scale it was trained with.
         step_separator (`str`, *optional*, defaults to `"\\n\\n"`):

@@ -14,13 +14,14 @@ backend, the quickstart) goes through [`load_model`] / [`load_tokenizer`], so th
 - A folder holding a PEFT adapter (`adapter_config.json`) loads as a `PeftModel` on top of its base model.
 
 A PRM saved by a trl-erprm trainer also holds `prm_config.json` ([`save_prm_config`] / [`load_prm_config`]): how it
-reads steps (its head, step separator and, for an LM head, the step tag and the candidate tokens), so that the scorers
-load it with no extra flag.
+reads steps (its head, step separator and, for an LM head, the step tag and the candidate tokens; for an implicit PRM,
+its `beta` and reference), so that the scorers load it with no extra flag.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -31,7 +32,9 @@ __all__ = [
     "DTYPES",
     "MODEL_TASKS",
     "PRM_CONFIG_NAME",
+    "PRM_FIELD_CHECKS",
     "PRM_HEADS",
+    "UNKNOWN_REFERENCE",
     "check_model_path",
     "load_config",
     "load_model",
@@ -207,20 +210,51 @@ def load_config(name_or_path: str | os.PathLike, trust_remote_code: bool = False
 #: File, next to the weights, that records how a PRM reads steps ([`save_prm_config`]).
 PRM_CONFIG_NAME = "prm_config.json"
 
-#: The fields of `prm_config.json` each PRM head needs (the trainer writes more: `max_length`, `trainer`).
+#: The fields of `prm_config.json` each PRM head needs (the trainer writes more: `max_length`, `trainer`). Every field is
+#: a string unless [`PRM_FIELD_CHECKS`] checks it otherwise.
 PRM_HEADS = {
     "token_classification": ("step_separator",),
     "lm": ("step_separator", "step_tag", "good_token", "bad_token", "prompt_separator"),
+    "implicit": ("step_separator", "beta", "ref_model"),
 }
+
+#: `ref_model` recorded for an implicit PRM whose reference was an in-memory model with no Hub id or folder: scoring
+#: it needs the reference given explicitly ([`~trl_erprm.evaluation.scorers.load_scorer`] refuses to guess).
+UNKNOWN_REFERENCE = "<unknown>"
+
+
+def _check_beta(value: Any) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return None if ok else "must be a positive finite number: the beta the implicit PRM was trained with"
+
+
+def _check_reference(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return None
+    return "must be a Hub id or folder, 'adapter' (the PRM with its adapter disabled) or null (reference-free)"
+
+
+#: The fields of `prm_config.json` that are not plain strings, each with its check (an error text, or `None`).
+PRM_FIELD_CHECKS = {"beta": _check_beta, "ref_model": _check_reference}
 
 
 def _check_prm_config(config: dict, where: str) -> dict:
     head = config.get("head")
     if head not in PRM_HEADS:
         raise ValueError(f"{where}: 'head' is {head!r}; it must be one of {sorted(PRM_HEADS)}.")
-    missing = [key for key in PRM_HEADS[head] if not isinstance(config.get(key), str)]
+    fix = "fix the file, or write it again with save_prm_config (the trainers' save_model does)"
+    strings = [key for key in PRM_HEADS[head] if key not in PRM_FIELD_CHECKS]
+    missing = [key for key in strings if not isinstance(config.get(key), str)]
     if missing:
-        raise ValueError(f"{where}: a PRM with head={head!r} needs the string field(s) {missing}.")
+        raise ValueError(f"{where}: a PRM with head={head!r} needs the string field(s) {missing}; {fix}.")
+    for key in PRM_HEADS[head]:
+        if key not in PRM_FIELD_CHECKS:
+            continue
+        if key not in config:
+            raise ValueError(f"{where}: a PRM with head={head!r} needs the field {key!r}; {fix}.")
+        problem = PRM_FIELD_CHECKS[key](config[key])
+        if problem:
+            raise ValueError(f"{where}: field {key!r} is {config[key]!r}; it {problem}. To repair: {fix}.")
     return config
 
 
@@ -231,15 +265,18 @@ def save_prm_config(folder: str | os.PathLike, config: dict) -> str:
         folder (`str` or `os.PathLike`):
             The folder the model was saved to.
         config (`dict`):
-            `head` (one of [`PRM_HEADS`]: `"token_classification"` or `"lm"`), `step_separator` and, for `"lm"`,
-            `step_tag`, `good_token`, `bad_token` and `prompt_separator`; other JSON fields (`max_length`, `trainer`)
-            are kept as information.
+            `head` (one of [`PRM_HEADS`]: `"token_classification"`, `"lm"` or `"implicit"`), `step_separator` and,
+            for `"lm"`, `step_tag`, `good_token`, `bad_token` and `prompt_separator` (strings); for `"implicit"`,
+            `beta` (a positive finite number) and `ref_model` (a Hub id or folder, `"adapter"` for a PEFT PRM whose
+            reference is its base with the adapter disabled, `None` for reference-free, or [`UNKNOWN_REFERENCE`]), see
+            [`PRM_FIELD_CHECKS`].
+            Other JSON fields (`max_length`, `trainer`) are kept as information.
 
     Returns:
         `str`: The path of the file.
 
     Raises:
-        `ValueError`: For an unknown head or a missing field.
+        `ValueError`: For an unknown head, a missing field or an invalid value, naming the file and the field.
     """
     path = os.path.join(folder, PRM_CONFIG_NAME)
     _check_prm_config(config, path)
@@ -265,7 +302,8 @@ def load_prm_config(name_or_path: str | os.PathLike, revision: str | None = None
         `dict` or `None`: The recorded fields, or `None` when the PRM has no such file (a PRM trained elsewhere).
 
     Raises:
-        `ValueError`: For a file that is not a valid PRM config (not JSON, unknown head, missing field).
+        `ValueError`: For a file that is not a valid PRM config (not JSON, unknown head, missing or invalid field),
+            naming the file, the field and the fix.
     """
     path = check_model_path(name_or_path)
     if os.path.isdir(path):

@@ -52,7 +52,7 @@ from .metrics import (
     selection_curves,
 )
 from .report import format_table, plot_curves, write_reports
-from .scorers import load_scorer
+from .scorers import is_implicit_prm, load_scorer
 
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,9 @@ class BestOfNArguments:
         prm_model (`str`, *optional*):
             The PRM. Required unless `scores_column` is set.
         prm_type (`str`, *optional*, defaults to `"auto"`):
-            `"auto"`, `"token_classification"`, `"lm_head"` or `"implicit"`.
+            `"auto"` (the head recorded in the PRM's `prm_config.json`, so a PRM saved by
+            [`~trl_erprm.ImplicitPRMTrainer`] is implicit; else read from the architecture), `"token_classification"`,
+            `"lm_head"` or `"implicit"`.
         prm_step_separator (`str`, *optional*):
             The text that ends a step for the PRM ([`~trl_erprm.steps.StepFormat`]), as it was trained: appended to
             every step (token classification), after every tag (LM head), joining the steps (implicit). The steps
@@ -131,10 +133,11 @@ class BestOfNArguments:
         bad_token (`str`, *optional*):
             LM-head PRMs (default: recorded in `prm_config.json`, else `"-"`): the "bad step" token.
         ref_model (`str`, *optional*):
-            Implicit PRMs: the reference model, or `"adapter"` for a PEFT PRM with its adapter disabled; `None` is
-            reference-free.
-        beta (`float`, *optional*, defaults to `0.05`):
-            Implicit PRMs: the reward scale.
+            Implicit PRMs: the reference model, or `"adapter"` for a PEFT PRM with its adapter disabled. Default: the
+            one recorded in the PRM's `prm_config.json`, else none (reference-free).
+        beta (`float`, *optional*):
+            Implicit PRMs: the reward scale. Default: the one recorded in the PRM's `prm_config.json`
+            ([`~trl_erprm.ImplicitPRMTrainer`] writes it), else `0.05`.
         implicit_value (`str`, *optional*, defaults to `"q"`):
             Implicit PRMs: step value, `"q"` or `"step_reward"`.
         prm_batch_size (`int`, *optional*, defaults to `8`):
@@ -153,8 +156,8 @@ class BestOfNArguments:
             Random candidate subsets per problem and N; the table shows mean and standard deviation over them.
         vote_weight (`str`, *optional*, defaults to `"auto"`):
             Weight of a candidate in `weighted_majority_<agg>` (`metrics.VOTE_WEIGHTS`): `"score"` (its aggregated
-            score, a probability), `"sigmoid"` (the sigmoid of an implicit PRM's value) or `"auto"` (`"sigmoid"` with
-            `prm_type="implicit"`, else `"score"`). A negative weight is an error.
+            score, a probability), `"sigmoid"` (the sigmoid of an implicit PRM's value) or `"auto"` (`"sigmoid"` for an
+            implicit PRM, explicit or recorded in its `prm_config.json`, else `"score"`). A negative weight is an error.
         seed (`int`, *optional*, defaults to `0`):
             Seed of generation and of the subset draws.
         grading_num_workers (`int`, *optional*, defaults to `1`):
@@ -207,8 +210,13 @@ class BestOfNArguments:
     bad_token: str | None = field(
         default=None, metadata={"help": "LM-head PRMs: the bad-step token (default: recorded, -)."}
     )
-    ref_model: str | None = field(default=None, metadata={"help": "Implicit PRMs: the reference model."})
-    beta: float = field(default=0.05, metadata={"help": "Implicit PRMs: the reward scale."})
+    ref_model: str | None = field(
+        default=None,
+        metadata={"help": "Implicit PRMs: the reference model (default: its prm_config.json, else reference-free)."},
+    )
+    beta: float | None = field(
+        default=None, metadata={"help": "Implicit PRMs: the reward scale (default: its prm_config.json, else 0.05)."}
+    )
     implicit_value: str = field(default="q", metadata={"help": "Implicit PRMs: 'q' or 'step_reward'."})
     prm_batch_size: int = field(default=8, metadata={"help": "Candidates per PRM forward pass."})
     max_length: int | None = field(default=None, metadata={"help": "Maximum PRM tokens per candidate."})
@@ -625,7 +633,9 @@ def best_of_n_report(records: list[dict], args: BestOfNArguments) -> dict:
     voting = all(r.get("has_text", True) for r in evaluated)
     keys = [[normalize_answer(a) for a in r["answers"]] for r in evaluated]
     scores = {agg: [aggregate_candidate_scores(r["step_scores"], agg) for r in evaluated] for agg in args.aggregations}
-    weight = resolve_vote_weight(args.vote_weight, implicit=args.prm_type == "implicit")
+    prm = None if args.scores_column else args.prm_model
+    implicit = args.vote_weight == "auto" and is_implicit_prm(prm, args.prm_type, None, args.trust_remote_code)
+    weight = resolve_vote_weight(args.vote_weight, implicit=implicit)
     curves = selection_curves(correct, keys, scores, n_values, args.num_seeds, args.seed, vote_weight=weight)
     if not voting:
         curves = {k: v for k, v in curves.items() if "majority" not in k}

@@ -307,17 +307,87 @@ class ImplicitPRMScorer:
         return out
 
 
-#: Values used when neither the caller nor the PRM's `prm_config.json` gives them (Math-Shepherd's LM-head convention).
+#: Values used when neither the caller nor the PRM's `prm_config.json` gives them (Math-Shepherd's LM-head convention;
+#: for an implicit PRM, the default `beta` and no reference).
 SCORER_DEFAULTS = {
     "step_separator": "\n",
     "step_tag": " ки",
     "good_token": "+",
     "bad_token": "-",
     "prompt_separator": " ",
+    "beta": 0.05,
+    "ref_model": None,
 }
 
-#: `prm_type` of each head recorded in `prm_config.json`.
-_TYPE_OF_HEAD = {"token_classification": "token_classification", "lm": "lm_head"}
+#: `prm_type` of each head recorded in `prm_config.json` (the heads of [`~trl_erprm.models.PRM_HEADS`]).
+_TYPE_OF_HEAD = {"token_classification": "token_classification", "lm": "lm_head", "implicit": "implicit"}
+
+
+def resolve_prm_type(
+    model_name_or_path: str, prm_type: str = "auto", trust_remote_code: bool = False
+) -> tuple[str, dict | None]:
+    """The kind of PRM [`load_scorer`] builds, and the `prm_config.json` it reads the step format from.
+
+    Args:
+        model_name_or_path (`str`):
+            The PRM's folder or Hub id.
+        prm_type (`str`, *optional*, defaults to `"auto"`):
+            One of [`PRM_TYPES`]. `"auto"` takes the head recorded in `prm_config.json` (`"implicit"` for a PRM saved
+            by [`~trl_erprm.ImplicitPRMTrainer`]); without the file, `"token_classification"` when the config's
+            architecture is a `...ForTokenClassification`, else `"lm_head"`.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Whether to run configuration code from the Hub (only read without `prm_config.json`).
+
+    Returns:
+        `tuple[str, dict | None]`: The PRM type (never `"auto"`), and the recorded fields when the recorded head is
+        that type (`None` otherwise: a recorded head that contradicts an explicit `prm_type` is not used).
+
+    Raises:
+        `ValueError`: For an unknown `prm_type`, or an invalid `prm_config.json`.
+    """
+    from ..models import load_config, load_prm_config
+
+    if prm_type not in PRM_TYPES:
+        raise ValueError(f"prm_type must be one of {PRM_TYPES}, got {prm_type!r}.")
+    recorded = load_prm_config(model_name_or_path)
+    if prm_type == "auto":
+        if recorded is not None:
+            prm_type = _TYPE_OF_HEAD[recorded["head"]]
+        else:
+            config = load_config(model_name_or_path, trust_remote_code=trust_remote_code)
+            architectures = getattr(config, "architectures", None) or []
+            is_token_cls = any(a.endswith("ForTokenClassification") for a in architectures)
+            prm_type = "token_classification" if is_token_cls else "lm_head"
+    if recorded is not None and _TYPE_OF_HEAD[recorded["head"]] != prm_type:
+        recorded = None
+    return prm_type, recorded
+
+
+def is_implicit_prm(
+    model_name_or_path: str | None, prm_type: str = "auto", scorer=None, trust_remote_code: bool = False
+) -> bool:
+    """Whether a run's step scores are an implicit PRM's values (unbounded: they vote with their sigmoid).
+
+    Args:
+        model_name_or_path (`str` or `None`):
+            The PRM's folder or Hub id; `None` when the scores were given (then only an explicit `prm_type` says).
+        prm_type (`str`, *optional*, defaults to `"auto"`):
+            The run's `prm_type`; `"auto"` is resolved as [`load_scorer`] does ([`resolve_prm_type`]).
+        scorer (*optional*):
+            The scorer the run used, when it has one: with `"auto"`, an [`ImplicitPRMScorer`] is implicit.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Whether to run configuration code from the Hub.
+
+    Returns:
+        `bool`: `True` for an implicit PRM.
+    """
+    if prm_type != "auto":
+        return prm_type == "implicit"
+    if scorer is not None:
+        return isinstance(scorer, ImplicitPRMScorer)
+    if model_name_or_path is None:
+        return False
+    return resolve_prm_type(model_name_or_path, prm_type, trust_remote_code)[0] == "implicit"
 
 
 def load_scorer(
@@ -328,7 +398,7 @@ def load_scorer(
     good_token: str | None = None,
     bad_token: str | None = None,
     ref_model: str | None = None,
-    beta: float = 0.05,
+    beta: float | None = None,
     implicit_value: str = "q",
     batch_size: int = 8,
     max_length: int | None = None,
@@ -341,9 +411,11 @@ def load_scorer(
 
     A PRM saved by a trl-erprm trainer records how it reads steps in `prm_config.json`
     ([`~trl_erprm.models.load_prm_config`]): its head, step separator and, for an LM head, its step tag, candidate tokens
-    and prompt separator. They are used for every argument left at `None`, so `load_scorer(folder)` needs no flag;
-    an argument given explicitly always wins. Without the file, `"auto"` reads the architecture and the defaults of
-    [`SCORER_DEFAULTS`] apply (Math-Shepherd's convention).
+    and prompt separator; for an implicit PRM ([`~trl_erprm.ImplicitPRMTrainer`]), its `beta` and reference. They are
+    used for every argument left at `None`, so `load_scorer(folder)` needs no flag; an argument given explicitly always
+    wins. Without the file (or when it records another head than an explicit `prm_type`), `"auto"` reads the
+    architecture and the defaults of [`SCORER_DEFAULTS`] apply (Math-Shepherd's convention; `beta=0.05` and no
+    reference for an implicit PRM).
 
     Args:
         model_name_or_path (`str`):
@@ -351,7 +423,7 @@ def load_scorer(
         prm_type (`str`, *optional*, defaults to `"auto"`):
             One of [`PRM_TYPES`]. `"auto"` takes the head recorded in `prm_config.json`, else picks
             `"token_classification"` when the config's architecture is a `...ForTokenClassification`, else
-            `"lm_head"`; `"implicit"` must be asked for.
+            `"lm_head"` (see [`resolve_prm_type`]): an implicit PRM without `prm_config.json` must be asked for.
         step_separator (`str`, *optional*):
             The text that ends a step ([`~trl_erprm.steps.StepFormat`]), as the PRM was trained with: appended to
             every step (token classification), written after every tag (LM head), or where a completion is cut into
@@ -363,9 +435,10 @@ def load_scorer(
         bad_token (`str`, *optional*):
             LM head only: the "bad" candidate token. `None`: the recorded one, else `"-"`.
         ref_model (`str`, *optional*):
-            Implicit only: the reference model (`None`: reference-free).
-        beta (`float`, *optional*, defaults to `0.05`):
-            Implicit only: the implicit reward scale.
+            Implicit only: the reference model, a folder or Hub id, or `"adapter"` (a PEFT PRM with its adapter
+            disabled). `None`: the recorded one, else none (reference-free).
+        beta (`float`, *optional*):
+            Implicit only: the implicit reward scale. `None`: the recorded one, else `0.05`.
         implicit_value (`str`, *optional*, defaults to `"q"`):
             Implicit only: `"q"` or `"step_reward"` (see [`ImplicitPRMScorer`]).
         batch_size (`int`, *optional*, defaults to `8`):
@@ -380,35 +453,33 @@ def load_scorer(
         prompt_separator (`str`, *optional*):
             LM head only: the text between the prompt and the first step. `None`: the recorded one, else `" "`.
         device (`str`, *optional*):
-            Where the PRM runs (`"cpu"`, `"cuda"`, `"cuda:1"`...). `None`: CUDA when available, else the CPU.
+            Where the PRM runs (`"cpu"`, `"cuda"`, `"cuda:1"`...); the weights are loaded straight onto it. `None`:
+            CUDA when available, else the CPU.
 
     Returns:
         A scorer with `score(prompts, steps)`.
-    """
-    from ..models import load_config, load_model, load_prm_config, load_tokenizer
 
-    if prm_type not in PRM_TYPES:
-        raise ValueError(f"prm_type must be one of {PRM_TYPES}, got {prm_type!r}.")
-    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    Raises:
+        `ValueError`: For an unknown `prm_type`, an invalid `prm_config.json` (naming the file and the field), or an
+            implicit PRM whose recorded reference is unknown ([`~trl_erprm.models.UNKNOWN_REFERENCE`], a reference
+            model that was built in memory) when no `ref_model` is given.
+    """
+    from ..models import load_model, load_tokenizer
+
+    prm_type, recorded = resolve_prm_type(model_name_or_path, prm_type, trust_remote_code)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "device_map": {"": torch.device(device)}}
     given = {
         "step_separator": step_separator,
         "step_tag": step_tag,
         "good_token": good_token,
         "bad_token": bad_token,
         "prompt_separator": prompt_separator,
+        "beta": beta,
+        "ref_model": ref_model,
     }
-    recorded = load_prm_config(model_name_or_path) if prm_type != "implicit" else None
-    if prm_type == "auto":
-        if recorded is not None:
-            prm_type = _TYPE_OF_HEAD[recorded["head"]]
-        else:
-            config = load_config(model_name_or_path, trust_remote_code=trust_remote_code)
-            architectures = getattr(config, "architectures", None) or []
-            is_token_cls = any(a.endswith("ForTokenClassification") for a in architectures)
-            prm_type = "token_classification" if is_token_cls else "lm_head"
-    if recorded is not None and _TYPE_OF_HEAD[recorded["head"]] == prm_type:
+    if recorded is not None:
         logger.info("%s: step format read from its prm_config.json (%s).", model_name_or_path, recorded)
         given = {key: recorded.get(key) if value is None else value for key, value in given.items()}
     fmt = {key: SCORER_DEFAULTS[key] if value is None else value for key, value in given.items()}
@@ -417,22 +488,21 @@ def load_scorer(
 
         prm = ImplicitPRM(
             model_name_or_path,
-            ref_model=ref_model,
-            beta=beta,
+            ref_model=fmt["ref_model"],
+            beta=fmt["beta"],
             step_separator=fmt["step_separator"],
             batch_size=batch_size,
             max_length=max_length,
-            model_init_kwargs=kwargs,
+            model_init_kwargs={"dtype": dtype, "trust_remote_code": trust_remote_code},
+            device=device,
         )
-        prm.model.to(device)
-        if prm.ref_model is not None:
-            prm.ref_model.to(device)
+        logger.info("%s: implicit PRM scorer (%r).", model_name_or_path, prm)
         return ImplicitPRMScorer(prm, value=implicit_value)
     tokenizer = load_tokenizer(model_name_or_path, trust_remote_code=trust_remote_code)
     if prm_type == "token_classification":
-        model = load_model(model_name_or_path, "token_classification", **kwargs).to(device)
+        model = load_model(model_name_or_path, "token_classification", **kwargs)
         return TokenClassificationScorer(model, tokenizer, fmt["step_separator"], batch_size, max_length)
-    model = load_model(model_name_or_path, "causal_lm", **kwargs).to(device)
+    model = load_model(model_name_or_path, "causal_lm", **kwargs)
     return LMHeadScorer(
         model,
         tokenizer,

@@ -90,7 +90,9 @@ class StepEvalArguments:
         prm_model (`str`, *optional*):
             The PRM. Required unless `scores_column` is set.
         prm_type (`str`, *optional*, defaults to `"auto"`):
-            `"auto"`, `"token_classification"`, `"lm_head"` or `"implicit"`.
+            `"auto"` (the head recorded in the PRM's `prm_config.json`, so a PRM saved by
+            [`~trl_erprm.ImplicitPRMTrainer`] is implicit; else read from the architecture), `"token_classification"`,
+            `"lm_head"` or `"implicit"`.
         prm_step_separator (`str`, *optional*):
             Separator the PRM was trained with (see `BestOfNArguments`). Default: the one recorded in the PRM's
             `prm_config.json` (trl-erprm trainers write it), else `"\\n"`.
@@ -101,9 +103,11 @@ class StepEvalArguments:
         bad_token (`str`, *optional*):
             LM-head PRMs (default: recorded in `prm_config.json`, else `"-"`): the bad-step token.
         ref_model (`str`, *optional*):
-            Implicit PRMs: the reference model (`"adapter"` for a PEFT PRM's disabled adapter); `None` reference-free.
-        beta (`float`, *optional*, defaults to `0.05`):
-            Implicit PRMs: the reward scale.
+            Implicit PRMs: the reference model (`"adapter"` for a PEFT PRM's disabled adapter). Default: the one
+            recorded in the PRM's `prm_config.json`, else none (reference-free).
+        beta (`float`, *optional*):
+            Implicit PRMs: the reward scale. Default: the one recorded in the PRM's `prm_config.json`
+            ([`~trl_erprm.ImplicitPRMTrainer`] writes it), else `0.05`.
         implicit_value (`str`, *optional*, defaults to `"q"`):
             Implicit PRMs: step value, `"q"` or `"step_reward"`.
         prm_batch_size (`int`, *optional*, defaults to `8`):
@@ -156,8 +160,13 @@ class StepEvalArguments:
     bad_token: str | None = field(
         default=None, metadata={"help": "LM-head PRMs: the bad-step token (default: recorded, -)."}
     )
-    ref_model: str | None = field(default=None, metadata={"help": "Implicit PRMs: the reference model."})
-    beta: float = field(default=0.05, metadata={"help": "Implicit PRMs: the reward scale."})
+    ref_model: str | None = field(
+        default=None,
+        metadata={"help": "Implicit PRMs: the reference model (default: its prm_config.json, else reference-free)."},
+    )
+    beta: float | None = field(
+        default=None, metadata={"help": "Implicit PRMs: the reward scale (default: its prm_config.json, else 0.05)."}
+    )
     implicit_value: str = field(default="q", metadata={"help": "Implicit PRMs: 'q' or 'step_reward'."})
     prm_batch_size: int = field(default=8, metadata={"help": "Items per PRM forward pass."})
     max_length: int | None = field(default=None, metadata={"help": "Maximum PRM tokens per item."})

@@ -20,7 +20,8 @@ class PRMGRPOConfig(GRPOConfig):
 
     Parameters:
         prm_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
-            The PRM (folder or Hub id): token classification, LM head, or implicit with `prm_type="implicit"`.
+            The PRM (folder or Hub id): token classification, LM head, or implicit (found by `"auto"` when its
+            `prm_config.json` says so, as for a folder saved by `ImplicitPRMTrainer`; else `prm_type="implicit"`).
             Required unless the trainer is given `prm=`.
         prm_type (`str`, *optional*, defaults to `"auto"`):
             `"auto"`, `"token_classification"`, `"lm_head"` or `"implicit"`.
@@ -33,9 +34,10 @@ class PRMGRPOConfig(GRPOConfig):
         prm_bad_token (`str` or `None`, *optional*, defaults to `None`):
             LM-head PRMs: the "bad step" token.
         prm_ref_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
-            Implicit PRMs: the reference model (`None`: reference-free).
+            Implicit PRMs: the reference model (`None`: the one recorded in its `prm_config.json`, else
+            reference-free).
         prm_beta (`float` or `None`, *optional*, defaults to `None`):
-            Implicit PRMs: the reward scale the PRM was trained with.
+            Implicit PRMs: the reward scale the PRM was trained with (`None`: the recorded one, else `0.05`).
         prm_implicit_value (`str`, *optional*, defaults to `"step_reward"`):
             Implicit PRMs: the step reward `q(end_k) - q(end_{k-1})` (`"step_reward"`) or `q` itself (`"q"`).
         prm_batch_size (`int`, *optional*, defaults to `8`):

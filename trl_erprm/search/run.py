@@ -339,11 +339,16 @@ def run_search(config: SearchConfig, generator=None, scorer=None, grader=None) -
     with open_store(config, rows) as store:  # the folder stays this run's until its reports are written
         store.open()
         records = search_problems(config, generator, scorer, grader, store, rows)
-        return _report(config, records)
+        return _report(config, records, scorer)
 
 
-def _report(config: SearchConfig, records: list[dict]) -> dict:
-    weight = resolve_vote_weight(config.vote_weight, implicit=config.prm_type == "implicit")
+def _report(config: SearchConfig, records: list[dict], scorer=None) -> dict:
+    from ..evaluation.scorers import is_implicit_prm
+
+    implicit = config.vote_weight == "auto" and is_implicit_prm(
+        config.prm_model, config.prm_type, scorer, config.trust_remote_code
+    )
+    weight = resolve_vote_weight(config.vote_weight, implicit=implicit)
     report = search_curves(records, config.n_values, config.beam_width, config.methods, weight)
     if report["bad_input"]["problems_with_grading_timeouts"]:
         logger.warning(grading_timeout_message(report["bad_input"]["problems_with_grading_timeouts"]))

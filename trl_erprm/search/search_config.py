@@ -64,7 +64,9 @@ class SearchConfig:
             Text between the generator's steps: a step's generation stops there, and Best-of-N candidates are split
             there into steps for the PRM.
         prm_type (`str`, *optional*, defaults to `"auto"`):
-            `"auto"`, `"token_classification"`, `"lm_head"` or `"implicit"`.
+            `"auto"` (the head recorded in the PRM's `prm_config.json`, so a PRM saved by
+            [`~trl_erprm.ImplicitPRMTrainer`] is implicit; else read from the architecture), `"token_classification"`,
+            `"lm_head"` or `"implicit"`.
         prm_prompt (`str`, *optional*, defaults to `"problem"`):
             What the PRM reads before the steps: `"problem"` (the prompt column as is) or `"generator_prompt"` (the
             generator's prompt, with chat template and suffix: for PRMs trained on such prompts, e.g. the
@@ -80,9 +82,11 @@ class SearchConfig:
         bad_token (`str`, *optional*):
             LM-head PRMs (default: recorded in `prm_config.json`, else `"-"`): the "bad step" token.
         ref_model (`str`, *optional*):
-            Implicit PRMs: the reference model, or `"adapter"`; `None` is reference-free.
-        beta (`float`, *optional*, defaults to `0.05`):
-            Implicit PRMs: the reward scale.
+            Implicit PRMs: the reference model, or `"adapter"`. Default: the one recorded in the PRM's
+            `prm_config.json`, else none (reference-free).
+        beta (`float`, *optional*):
+            Implicit PRMs: the reward scale. Default: the one recorded in the PRM's `prm_config.json`
+            ([`~trl_erprm.ImplicitPRMTrainer`] writes it), else `0.05`.
         implicit_value (`str`, *optional*, defaults to `"q"`):
             Implicit PRMs: step value, `"q"` or `"step_reward"`.
         prm_batch_size (`int`, *optional*, defaults to `8`):
@@ -110,7 +114,8 @@ class SearchConfig:
         vote_weight (`str`, *optional*, defaults to `"auto"`):
             Weight of a candidate in the `_weighted` curves (`evaluation.metrics.VOTE_WEIGHTS`): `"score"` (its
             aggregated score, a probability), `"sigmoid"` (the sigmoid of an implicit PRM's value) or `"auto"`
-            (`"sigmoid"` with `prm_type="implicit"`, else `"score"`). A negative weight is an error.
+            (`"sigmoid"` for an implicit PRM, explicit or recorded in its `prm_config.json`, else `"score"`). A
+            negative weight is an error.
         seed (`int`, *optional*, defaults to `0`):
             Base seed of every sample.
         grading_num_workers (`int`, *optional*, defaults to `1`):
@@ -165,8 +170,13 @@ class SearchConfig:
     bad_token: str | None = field(
         default=None, metadata={"help": "LM-head PRMs: the bad-step token (default: recorded, -)."}
     )
-    ref_model: str | None = field(default=None, metadata={"help": "Implicit PRMs: the reference model."})
-    beta: float = field(default=0.05, metadata={"help": "Implicit PRMs: the reward scale."})
+    ref_model: str | None = field(
+        default=None,
+        metadata={"help": "Implicit PRMs: the reference model (default: its prm_config.json, else reference-free)."},
+    )
+    beta: float | None = field(
+        default=None, metadata={"help": "Implicit PRMs: the reward scale (default: its prm_config.json, else 0.05)."}
+    )
     implicit_value: str = field(default="q", metadata={"help": "Implicit PRMs: 'q' or 'step_reward'."})
     prm_batch_size: int = field(default=8, metadata={"help": "Solutions per PRM forward pass."})
     max_length: int | None = field(default=None, metadata={"help": "Maximum PRM tokens per solution."})
