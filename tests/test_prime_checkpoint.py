@@ -236,6 +236,38 @@ def test_the_prm_folder_has_a_model_card_whose_snippet_runs(trained, causal_lm_p
     assert len(step_rewards) == 2 and any(r != 0 for r in step_rewards)  # the trained PRM differs from its reference
 
 
+@pytest.mark.slow
+def test_the_prm_folder_records_itself_so_load_scorer_scores_it_as_the_implicit_prm(trained, causal_lm_path):
+    from trl_erprm.evaluation.scorers import ImplicitPRMScorer, load_scorer
+    from trl_erprm.models import load_prm_config
+
+    folder = trained["out"] / "checkpoint-2" / "prm"
+    recorded = load_prm_config(str(folder))
+    assert recorded["head"] == "implicit" and recorded["ref_model"] == causal_lm_path
+    assert recorded["step_separator"] == "\n\n" and recorded["trainer"] == "PRIMETrainer"
+    scorer = load_scorer(str(folder), device="cpu")  # prm_type="auto": no flag needed
+    assert isinstance(scorer, ImplicitPRMScorer) and scorer.prm.beta == recorded["beta"]
+    steps = ["2 + 2 = 4.", "The answer is 4."]
+    by_hand = ImplicitPRM(str(folder), ref_model=causal_lm_path, beta=recorded["beta"], device="cpu")
+    [expected] = by_hand.score_steps(["What is 2 + 2?"], ["\n\n".join(steps)])
+    [scores] = scorer.score(["What is 2 + 2?"], [steps])
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(expected["q_at_step_ends"]))
+    assert any(v != 0 for v in expected["step_rewards"])  # the trained PRM differs from its reference
+
+
+def test_a_prm_without_a_step_separator_writes_no_prm_config(causal_lm_path, tokenizer, tmp_path, caplog):
+    from trl_erprm.grpo.prm_checkpoint import implicit_prm_record, save_prm_folder
+
+    prm = ImplicitPRM(causal_lm_path, ref_model=None, tokenizer=tokenizer, step_separator=None)
+    with caplog.at_level("WARNING", logger="trl_erprm"):
+        assert implicit_prm_record(prm) is None
+        save_prm_folder(prm, None, str(tmp_path / "prm"), 1, "card")
+    assert "prm_type='implicit'" in caplog.text
+    assert not (tmp_path / "prm" / "prm_config.json").exists()
+    record = implicit_prm_record(ImplicitPRM(causal_lm_path, ref_model=None, tokenizer=tokenizer))
+    assert record["ref_model"] is None and record["head"] == "implicit"  # reference-free is recorded as such
+
+
 def test_model_card_of_a_hub_model_links_it(causal_lm_path, tokenizer):
     prm = ImplicitPRM(causal_lm_path, ref_model=None, tokenizer=tokenizer)
     prm.model.config.name_or_path = "Qwen/Qwen2.5-Math-1.5B-Instruct"

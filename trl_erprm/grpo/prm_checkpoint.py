@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,7 +24,10 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..model_card import is_hub_id, model_source, shown_name
+from ..models import UNKNOWN_REFERENCE, save_prm_config
 
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PRM_CHECKPOINT_FOLDER", "PRM_OPTIMIZER_NAME", "PRM_STATE_NAME", "check_prime_checkpoint", "prm_model_card"]
 
@@ -67,6 +71,9 @@ def save_prm_folder(prm, optimizer, folder: str, global_step: int, card: str) ->
         torch.save(optimizer.state_dict(), os.path.join(tmp, PRM_OPTIMIZER_NAME))
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)
+    record = implicit_prm_record(prm)
+    if record is not None:
+        save_prm_config(tmp, record)
     with open(os.path.join(tmp, PRM_STATE_NAME), "w", encoding="utf-8") as f:
         json.dump({"global_step": int(global_step), "optimizer": optimizer is not None}, f)
     if os.path.exists(folder):
@@ -74,6 +81,38 @@ def save_prm_folder(prm, optimizer, folder: str, global_step: int, card: str) ->
         os.replace(folder, old)
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def reference_source(prm) -> str | None:
+    """The reference of an [`~trl_erprm.ImplicitPRM`] as `prm_config.json` records it: `"adapter"`, the Hub id or
+    folder it was loaded from, [`~trl_erprm.models.UNKNOWN_REFERENCE`] (a model built in memory) or `None`
+    (reference-free)."""
+    if prm.reference_is_adapter:
+        return "adapter"
+    if prm.ref_model is None:
+        return None
+    return model_source(prm.ref_model) or UNKNOWN_REFERENCE
+
+
+def implicit_prm_record(prm) -> dict | None:
+    """`prm_config.json` of PRIME's PRM (head `"implicit"`, see [`~trl_erprm.models.save_prm_config`]), so that
+    [`~trl_erprm.evaluation.scorers.load_scorer`] scores the saved folder as an implicit PRM with its `beta`, reference
+    and step separator. `None` (no file, with a warning) for a PRM without a step separator, which the file cannot
+    record: such a folder is scored with `prm_type="implicit"`."""
+    if prm.step_separator is None:
+        logger.warning(
+            "PRIME's PRM has step_separator=None (one step per completion): its folder gets no prm_config.json; score "
+            "it with load_scorer(..., prm_type='implicit') or ImplicitPRM(..., step_separator=None)."
+        )
+        return None
+    return {
+        "head": "implicit",
+        "beta": prm.beta,
+        "ref_model": reference_source(prm),
+        "step_separator": prm.step_separator,
+        "max_length": prm.max_length,
+        "trainer": "PRIMETrainer",
+    }
 
 
 def load_prm_folder(prm, optimizer, folder: str, device) -> bool:
@@ -203,13 +242,14 @@ def prm_model_card(prm, location: str, policy: str | None, global_step: int, rew
         `str`: The card, markdown with YAML metadata.
     """
     base = model_source(prm.model)
-    if prm.reference_is_adapter:
-        reference, ref_arg = "the PRM with its adapter disabled", '"adapter"'
-    elif prm.ref_model is not None:
-        ref_name = model_source(prm.ref_model)
-        reference, ref_arg = shown_name(ref_name), repr(ref_name) if ref_name else "None"
+    source = reference_source(prm)
+    if source == "adapter":
+        reference = "the PRM with its adapter disabled"
+    elif source is None:
+        reference = "none (reference-free: rewards are `beta * log pi_phi`)"
     else:
-        reference, ref_arg = "none (reference-free: rewards are `beta * log pi_phi`)", "None"
+        reference = shown_name(None if source == UNKNOWN_REFERENCE else source)
+    ref_arg = repr(source)
     metadata = ["library_name: transformers", "tags:"] + [
         f"- {t}" for t in ("trl", "trl-erprm", "prime", "implicit-prm", "process-reward-model")
     ]
