@@ -23,7 +23,7 @@ from .steps import STEP_SPLITTERS, StepFormat, split_steps
 
 __all__ = ["PRMReward", "prompt_text"]
 
-#: Architectures a PRM path may have (besides an implicit PRM, which must be asked for with `prm_type="implicit"`).
+#: Architectures a PRM path may have (an implicit PRM is a causal LM too: its prm_config.json or `prm_type="implicit"` says so).
 _PRM_ARCHITECTURE_SUFFIXES = ("ForTokenClassification", "ForCausalLM", "LMHeadModel")
 
 
