@@ -153,8 +153,12 @@ def test_prepare_inputs_moves_a_batch_to_the_trainer_device(token_cls_model, tok
 SOLUTIONS = {"What is 2 + 2?": "$4$", "Ann has 12 apples and gets 5 more. How many now?": "$17$"}
 
 
+LOG_METRIC_OWNERS = []
+
+
 def length_reward(completions, completion_ids, **kwargs):
-    """Reward 1: the number of tokens of the completion."""
+    """Reward 1: the number of tokens of the completion (records the owner of the `log_metric` it was given)."""
+    LOG_METRIC_OWNERS.append(_compat.log_metric_owner(kwargs["log_metric"]))
     return [float(len(ids)) for ids in completion_ids]
 
 
@@ -285,6 +289,13 @@ def test_metrics_buffer_is_averaged_into_the_logs(recorded):
     recorded.model.train()
     recorded.log({})
     assert recorded.state.log_history[-1]["contract/value"] == 2.0
+
+
+def test_log_metric_given_to_a_reward_function_is_the_trainers(recorded):
+    # PRMReward does not log its step figures when the trainer calling it (a PRMGRPOTrainer) logs them itself
+    assert any(owner is recorded for owner in LOG_METRIC_OWNERS)
+    assert all(isinstance(owner, Recorder) for owner in LOG_METRIC_OWNERS)
+    assert _compat.log_metric_owner(length_reward) is None and _compat.log_metric_owner(None) is None
 
 
 def test_policy_tokenizer_and_eos_ids(recorded, tokenizer):

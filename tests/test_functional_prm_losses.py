@@ -12,6 +12,9 @@ from trl_erprm.functional import (
     implicit_prm_nca_loss,
     kto_reference_point,
     lm_head_soft_cross_entropy,
+    log_ratio_tolerance,
+    sequence_log_ratio,
+    sign_accuracy,
     soft_cross_entropy,
     two_token_logits,
     two_token_step_scores,
@@ -122,3 +125,64 @@ def test_resolve_eta_none_names_eta():
     with pytest.raises(TypeError, match="eta must be a number"):
         resolve_eta([1.0])
     assert resolve_eta("inf") == math.inf and resolve_eta(2) == 2.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Accuracy of an implicit PRM: the sign of a margin, a tie (within float noise) counting 1/2
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_sign_accuracy_by_hand():
+    margin = torch.tensor([0.0, 0.0, 2.0, -3.0, 1.0, -1.0, 0.5])
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.5])  # 0.5 is the positive class
+    assert sign_accuracy(margin, labels).tolist() == [0.5, 0.5, 1.0, 1.0, 0.0, 0.0, 1.0]
+    # within the tolerance: a tie, whatever the sign; beyond it: the sign decides
+    margin = torch.tensor([1e-7, -1e-7, 3e-6, -3e-6, 1e-6])
+    labels = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0])
+    assert sign_accuracy(margin, labels, 1e-6).tolist() == [0.5, 0.5, 1.0, 0.0, 0.5]
+    tolerance = torch.tensor([1e-6, 1e-6, 1e-5, 1e-6, 0.0])
+    assert sign_accuracy(margin, labels, tolerance).tolist() == [0.5, 0.5, 0.5, 0.0, 0.0]
+
+
+def test_log_ratio_tolerance_by_hand():
+    eps32, eps16 = torch.finfo(torch.float32).eps, torch.finfo(torch.bfloat16).eps
+    logps = torch.tensor([[-2.0, -0.5, -3.0], [-0.25, -4.0, 0.0]])
+    ref = torch.tensor([[-2.5, -0.25, -9.0], [-0.5, -1.5, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    # per token max(1, |logp|) + max(1, |ref|): row 0: (2 + 2.5) + (1 + 1); row 1: (1 + 1) + (4 + 1.5)
+    expected = torch.tensor([6.5, 7.5])
+    torch.testing.assert_close(log_ratio_tolerance(logps, ref, mask), eps32 * expected)
+    torch.testing.assert_close(log_ratio_tolerance(logps, ref, mask, [torch.bfloat16]), eps16 * expected)
+    torch.testing.assert_close(log_ratio_tolerance(logps, ref, mask, [torch.int8, torch.float64]), eps32 * expected)
+    torch.testing.assert_close(log_ratio_tolerance(logps, None, mask), eps32 * torch.tensor([3.0, 5.0]))
+
+
+def test_float_noise_is_a_tie_and_a_real_margin_a_verdict():
+    """The same log-probs computed twice in float32 (other summation order, float64 rounded): the log-ratios are
+    noise, every sample a tie (accuracy exactly 1/2); a shift of 1e-3 on one token is a verdict."""
+    generator = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(64, 200, 50, generator=generator)
+    index = torch.randint(0, 50, (64, 200, 1), generator=generator)
+    logps = torch.log_softmax(logits, -1).gather(-1, index).squeeze(-1)
+    ref = torch.log_softmax(logits.double(), -1).gather(-1, index).squeeze(-1).float()
+    mask = torch.ones(64, 200)
+    mask[::2, 150:] = 0
+    labels = (torch.arange(64) % 3 == 0).float()
+    log_ratio = sequence_log_ratio(logps, ref, mask)
+    tolerance = log_ratio_tolerance(logps, ref, mask)
+    assert (log_ratio != 0).all()  # noise, not exact ties: the old rule read its signs
+    assert sign_accuracy(log_ratio, labels, tolerance).tolist() == [0.5] * 64
+    shift = torch.zeros(64, 200)
+    shift[:, 0] = torch.where(labels.bool(), 1e-3, -1e-3)
+    assert sign_accuracy(sequence_log_ratio(logps + shift, ref, mask), labels, tolerance).tolist() == [1.0] * 64
+    assert sign_accuracy(sequence_log_ratio(logps - shift, ref, mask), labels, tolerance).tolist() == [0.0] * 64
+
+
+def test_compute_dtypes_of_models_and_autocast():
+    from trl_erprm.models import compute_dtypes
+
+    half, full = torch.nn.Linear(2, 2).to(torch.bfloat16), torch.nn.Linear(2, 2)
+    assert compute_dtypes(full, None) == [torch.float32]
+    assert set(compute_dtypes(full, half)) == {torch.float32, torch.bfloat16}
+    assert set(compute_dtypes(full, mixed_precision="fp16")) == {torch.float32, torch.float16}
+    assert compute_dtypes(full, mixed_precision="no") == [torch.float32]

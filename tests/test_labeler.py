@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -723,28 +722,55 @@ def _complete_lines(output_dir):
     return sum(p.read_bytes().count(b"\n") for p in parts.glob("part-*.jsonl")) if parts.is_dir() else 0
 
 
+LABEL_SCRIPT = REPO / "examples" / "erprm_label.py"
+
+
+def killed_after_first_row(argv: list[str]) -> None:
+    """Run the labeling CLI (`examples/erprm_label.py`) and die by SIGKILL, with its whole process group (the grader
+    workers and their forkserver), right after the first row's record is written and fsynced.
+
+    The kill comes from the job's own part writer, so it lands at the same point on every machine (polling for the
+    first row from outside raced with a fast machine, which could write every row between two polls).
+    """
+    import runpy
+
+    class KillAfterFirstRecord(jobs.PartWriter):
+        def write(self, records):
+            records = list(records)
+            super().write(records)  # appended, flushed and fsynced
+            if records:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    class KilledJobStore(jobs.JobStore):
+        def writer(self):
+            super().writer().close()  # the store's own checks (the job folder is locked by this process)
+            return KillAfterFirstRecord(self.root, self.rank)  # the job's results, not the rollout cache's part
+
+    jobs.JobStore = KilledJobStore  # the labeler opens its job folder as `jobs.JobStore(...)`
+    sys.argv = [str(LABEL_SCRIPT), *argv]
+    runpy.run_path(str(LABEL_SCRIPT), run_name="__main__")
+
+
 def test_sigkill_then_resume_equals_uninterrupted_run(reference_run, answering_lm_path, gsm8k_rows, grader, tmp_path):
     """Kill the job (SIGKILL) after it wrote a row, simulate a torn write, restart it: same rows as uninterrupted."""
     _, reference, _ = reference_run
     data = _write_jsonl(gsm8k_rows, tmp_path / "rows.jsonl")
     output_dir = tmp_path / "job"
-    script = str(REPO / "examples" / "erprm_label.py")
-    command = [sys.executable, script, *_cli_args(answering_lm_path, data, output_dir)]
+    command = [sys.executable, __file__, *_cli_args(answering_lm_path, data, output_dir)]  # killed_after_first_row
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 240
-        while _complete_lines(output_dir) < 1 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _, stderr = process.communicate(timeout=600)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # the job, its grader workers and their forkserver
-        _, stderr = process.communicate(timeout=60)
+        if process.poll() is None:  # it hung: take the job, its grader workers and their forkserver down
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL, "the job ended before it was killed: " + stderr.decode()[-2000:]
+    assert JOB["batch_size"] == 1 and len(gsm8k_rows) > 1
     written = _complete_lines(output_dir)
-    assert 1 <= written < len(gsm8k_rows), "the job must be killed part-way"
+    assert written == 1, "the job must be killed right after its first row"
     assert not (output_dir / "dataset").exists()
 
     # A kill in the middle of a write leaves a torn line: add one (a prefix of a real record of a missing row).
@@ -844,3 +870,7 @@ def test_two_process_accelerate_launch_equals_one_process_run(reference_run, ans
 
     merged = load_from_disk(str(output_dir / "dataset"))
     assert merged.to_list() == reference.to_list()
+
+
+if __name__ == "__main__":  # the child of the SIGKILL test: `python tests/test_labeler.py --model_name_or_path ...`
+    killed_after_first_row(sys.argv[1:])

@@ -194,6 +194,33 @@ def test_prime_run_updates_prm_and_policy_and_logs(causal_lm_path, tmp_path, mat
     assert trainer.reuse_ref_logps is False  # GRPO has beta=0: it computed no reference log-probs to reuse
 
 
+@pytest.mark.slow
+def test_untouched_prm_reads_chance_accuracy_through_float_noise(causal_lm_path, tokenizer, tmp_path, math_dataset):
+    """The PRM equals its reference but runs in float64 against a float32 reference: its log-ratios are rounding
+    noise (~1e-7, not 0). Their signs are no verdict: the accuracy is exactly chance."""
+    from transformers import AutoModelForCausalLM
+
+    from trl_erprm.functional import log_ratio_tolerance, sequence_log_ratio
+
+    prm = ImplicitPRM(
+        AutoModelForCausalLM.from_pretrained(causal_lm_path, dtype=torch.float64),
+        ref_model=AutoModelForCausalLM.from_pretrained(causal_lm_path),
+        tokenizer=tokenizer,
+        beta=0.05,
+    )
+    trainer = prime_trainer(causal_lm_path, tmp_path, math_dataset, prm=prm, update_mode="none", **WIDE)
+    trainer.train()
+    assert logged(trainer, "prime/prm_accuracy_before") == [0.5]
+
+    batch = trainer.last_batch  # the log-ratios the accuracy read: noise, within the tolerance
+    ids, am, mask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    logps = prm.compute_logps(ids, am, mask.shape[1])
+    log_ratio = sequence_log_ratio(logps, batch["ref_logps"], mask)
+    tolerance = log_ratio_tolerance(logps, batch["ref_logps"], mask, [torch.float64, torch.float32])
+    assert (log_ratio != 0).any() and (log_ratio.abs() <= tolerance).all(), (log_ratio, tolerance)
+    assert tolerance.max() < 1e-4  # float32: a real verdict of 1e-4 is still read
+
+
 SCRIPTED = {
     # accuracy 0.5: kept
     "What is 2 + 2?": [

@@ -21,8 +21,9 @@ SOLUTIONS = {"What is 2 + 2?": "$4$", "What is 3 * 3?": "$9$", "What is 5 - 1?":
 GLOBAL_BATCH = 6
 
 
-def run(model_path, prm_path, out_dir, world_size=1, **overrides):
-    """One PRMGRPOTrainer step on the scripted completions; returns the trainer."""
+def run(model_path, prm_path, out_dir, world_size=1, reward_funcs="accuracy", **overrides):
+    """One PRMGRPOTrainer step on the scripted completions (rewarded with math-verify's accuracy unless
+    `reward_funcs` is given; `None`: the PRM); returns the trainer."""
     from datasets import Dataset
     from grpo_helpers import math_rows, scripted_rollout
     from trl.rewards import accuracy_reward
@@ -48,7 +49,7 @@ def run(model_path, prm_path, out_dir, world_size=1, **overrides):
     )
     trainer = PRMGRPOTrainer(
         model=model_path,
-        reward_funcs=[accuracy_reward],
+        reward_funcs=[accuracy_reward] if reward_funcs == "accuracy" else reward_funcs,
         args=args,
         train_dataset=Dataset.from_list(math_rows(SOLUTIONS)),
         rollout_func=scripted_rollout(TABLE),
@@ -140,6 +141,53 @@ def test_outcome_coefficient_and_the_prm_as_default_reward(causal_lm_path, token
     trainer.train()
     assert calls == [4]  # one scoring pass per batch: the reward's step scores are reused for the advantages
     assert logged(trainer, "rewards/prm_reward/mean") and logged(trainer, "prm/advantages/std")
+
+
+PRM_METRICS = {
+    "prm/step_reward/mean",
+    "prm/steps_per_completion",
+    "prm/no_step_fraction",
+    "prm/advantages/mean",
+    "prm/advantages/std",
+}
+
+
+@pytest.mark.slow
+def test_the_prm_as_reward_logs_each_figure_once(causal_lm_path, token_cls_path, tmp_path):
+    from trl_erprm import PRMReward
+    from trl_erprm.evaluation.scorers import load_scorer
+    from trl_erprm.steps import StepFormat
+
+    trainer = run(causal_lm_path, token_cls_path, str(tmp_path / "default"), reward_funcs=None)
+    assert trainer.reward_funcs == [trainer.prm]
+    logs = trainer.state.log_history[0]
+    # the step figures once, under prm/: no prm_reward/step_score/mean, steps_per_completion or no_step_fraction
+    assert {k for k in logs if k.split("/")[0] in ("prm", "prm_reward")} == PRM_METRICS
+    assert {"rewards/prm_reward/mean", "rewards/prm_reward/std"} <= set(logs)  # GRPO's own, of the reward
+    suffixes = [k.split("/", 1)[1] for k in logs if "/" in k]  # no figure under two prefixes
+    assert len(suffixes) == len(set(suffixes)), sorted(suffixes)
+
+    # hand-checked values: the PRM's step scores, the empty completion one step rewarded empty_step_reward (0.0)
+    scorer = load_scorer(token_cls_path, step_separator="\n")
+    scores = []
+    for prompt, text in rows_of(trainer):
+        steps = StepFormat("\n").split(text)
+        scores.append(scorer.score([prompt], [steps])[0] if steps else [])
+    rewarded = [s or [0.0] for s in scores]
+    flat = [v for s in rewarded for v in s]
+    assert logs["prm/step_reward/mean"] == pytest.approx(sum(flat) / len(flat), rel=1e-5)
+    assert logs["prm/steps_per_completion"] == pytest.approx(10 / 6)
+    assert logs["prm/no_step_fraction"] == pytest.approx(1 / 6)
+    minimum = [min(s) if s else 0.0 for s in scores]  # prm_aggregation="min"; 0.0 without a step
+    assert logs["rewards/prm_reward/mean"] == pytest.approx(sum(minimum) / len(minimum), rel=1e-5)
+
+    # another PRMReward object, not the trainer's PRM, is a reward like any other: it logs its own figures
+    other = PRMReward(token_cls_path, step_separator="\n", aggregation="last", name="last_step")
+    trainer = run(causal_lm_path, token_cls_path, str(tmp_path / "other"), reward_funcs=[other])
+    logs = trainer.state.log_history[0]
+    assert {"last_step/step_score/mean", "last_step/steps_per_completion", "last_step/no_step_fraction"} <= set(logs)
+    assert logs["last_step/steps_per_completion"] == pytest.approx(9 / 6)  # scored steps only
+    assert PRM_METRICS <= set(logs)
 
 
 def test_bad_configuration_is_refused(causal_lm_path, tmp_path):

@@ -254,6 +254,12 @@ def log_metric(trainer, name: str, value: float, mode: str = "train") -> None:
     trainer._metrics[mode][name].append(float(value))
 
 
+def log_metric_owner(log_metric) -> Any:
+    """The trainer whose `log_metric` a reward function was given: GRPOTrainer passes its bound method
+    `self._log_metric` (trl 1.13.0, 1.16.0); `None` for any other callable."""
+    return getattr(log_metric, "__self__", None)
+
+
 def policy_tokenizer(trainer):
     """The policy's tokenizer: `GRPOTrainer._tokenizer` (the processor's tokenizer for a VLM), else the processing
     class (trl 1.13.0, 1.16.0)."""

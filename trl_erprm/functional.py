@@ -377,6 +377,73 @@ def implicit_prm_ce_loss(log_ratio: torch.Tensor, labels: torch.Tensor, beta: fl
     return F.binary_cross_entropy_with_logits(beta * log_ratio, labels.to(log_ratio.dtype), reduction="none")
 
 
+def log_ratio_tolerance(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    mask: torch.Tensor,
+    dtypes: Sequence[torch.dtype] = (),
+) -> torch.Tensor:
+    r"""Float noise of a [`sequence_log_ratio`]: below it, a log-ratio is rounding, not a verdict.
+
+    `tol = eps * sum_t mask_t * (max(1, |logps_t|) + max(1, |ref_logps_t|))`, `eps = torch.finfo(dtype).eps` of the
+    coarsest of `dtypes` and of `logps`' own dtype.
+
+    Why: a log-prob computed in precision `eps` is off by about `eps` times its magnitude, and never by less than `eps`
+    (a log-softmax subtracts O(1) numbers, so a log-prob near 0 still carries their rounding). Two computations of
+    the same log-probs (the PRM equal to its reference, run with other batch shapes, chunks or kernels) differ by at
+    most the sum of their two errors per token, and the sum over the completion adds those up at most linearly (the
+    forward error bound of a sum, assuming no cancellation; independent roundings grow like `sqrt(T)`, so the bound
+    holds with room). In float32 this is ~1e-6 for a few tokens; in bfloat16 (`eps = 2**-7`) it is wide: such a PRM
+    cannot resolve a smaller log-ratio.
+
+    Args:
+        logps (`torch.Tensor`):
+            Shape `(B, T)`.
+        ref_logps (`torch.Tensor` or `None`):
+            Shape `(B, T)`, or `None` for the reference-free variant (only the PRM's rounding then).
+        mask (`torch.Tensor`):
+            Completion mask of shape `(B, T)`.
+        dtypes (`Sequence[torch.dtype]`, *optional*, defaults to `()`):
+            The precisions the log-probs were computed in (the models' weights, the autocast dtype); non-floating
+            ones are ignored.
+
+    Returns:
+        `torch.Tensor`: Shape `(B,)`, float32, >= 0.
+    """
+    floating = [d for d in (*dtypes, logps.dtype) if d.is_floating_point]
+    eps = max(torch.finfo(d).eps for d in floating)
+    scale = logps.detach().float().abs().clamp(min=1.0)
+    if ref_logps is not None:
+        scale = scale + ref_logps.detach().float().abs().clamp(min=1.0)
+    return eps * (scale * mask.to(scale.dtype)).sum(-1)
+
+
+def sign_accuracy(margin: torch.Tensor, labels: torch.Tensor, tolerance: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Per-sample accuracy of a verdict read from the sign of a margin, a tie counting one half.
+
+    1 when the margin has the label's sign (`margin > tolerance` for a label `>= 0.5`, `margin < -tolerance` for one
+    below), 0 for the opposite sign, 1/2 for a tie `|margin| <= tolerance`: no verdict, chance level (a PRM equal to
+    its reference reads 0.5, not the share of one class). The accuracy of an implicit PRM is that of its log-ratio
+    ([`sequence_log_ratio`], CE loss), of `log-ratio - z_0` (KTO) or of `log-ratio(chosen) - log-ratio(rejected)` with
+    labels 1 (DPO, NCA); [`log_ratio_tolerance`] gives the tolerance.
+
+    Args:
+        margin (`torch.Tensor`):
+            Shape `(B,)`.
+        labels (`torch.Tensor`):
+            Labels in [0, 1] of shape `(B,)`; `>= 0.5` is the positive class.
+        tolerance (`torch.Tensor` or `float`, *optional*, defaults to `0.0`):
+            Shape `(B,)` or a scalar, `>= 0`; only an exact 0 is a tie with `0.0`.
+
+    Returns:
+        `torch.Tensor`: Shape `(B,)`, float32, values in {0, 1/2, 1}.
+    """
+    margin = margin.detach().float()
+    tolerance = torch.as_tensor(tolerance, dtype=margin.dtype, device=margin.device)
+    hit = ((margin > 0) == (labels.to(margin.device) >= 0.5)).float()
+    return torch.where(margin.abs() <= tolerance, 0.5, hit)
+
+
 def implicit_prm_dpo_loss(
     chosen_log_ratio: torch.Tensor, rejected_log_ratio: torch.Tensor, beta: float
 ) -> torch.Tensor:

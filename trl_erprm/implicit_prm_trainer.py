@@ -23,12 +23,14 @@ from .functional import (
     implicit_prm_kto_loss,
     implicit_prm_nca_loss,
     kto_reference_point,
+    log_ratio_tolerance,
     sequence_log_ratio,
+    sign_accuracy,
 )
 from .implicit_prm import ImplicitPRM, completion_logps
 from .implicit_prm_config import ImplicitPRMConfig
 from .model_card import PRMModelCardMixin, implicit_prm_snippets, model_source, shown_name
-from .models import UNKNOWN_REFERENCE, load_model, load_tokenizer, save_prm_config
+from .models import UNKNOWN_REFERENCE, compute_dtypes, load_model, load_tokenizer, save_prm_config
 
 
 #: The pairwise losses by name: `(chosen_log_ratio (P,), rejected_log_ratio (P,), beta) -> (P,)`.
@@ -358,8 +360,14 @@ class ImplicitPRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, KeepColu
         """
         mask = inputs["completion_mask"]
         logps = completion_logps(model, inputs["input_ids"], inputs["attention_mask"], mask.shape[1])
-        log_ratio = sequence_log_ratio(logps, self._reference_logps(inputs), mask)
+        ref_logps = self._reference_logps(inputs)
+        log_ratio = sequence_log_ratio(logps, ref_logps, mask)
         rewards = (self.args.beta * log_ratio).detach()
+        # accuracy: the sign of a margin against the label, a margin within float noise a tie counting 1/2
+        dtypes = compute_dtypes(
+            self._scorer.model, self._scorer.ref_model, mixed_precision=self.accelerator.mixed_precision
+        )
+        tolerance = log_ratio_tolerance(logps, ref_logps, mask, dtypes)
         mode = "train" if model.training else "eval"
         args = self.args
         if args.loss_type in ("ce", "kto"):
@@ -368,13 +376,13 @@ class ImplicitPRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, KeepColu
             metrics = {"rewards/correct": rewards[correct], "rewards/incorrect": rewards[~correct]}
             if args.loss_type == "ce":
                 loss = implicit_prm_ce_loss(log_ratio, labels, args.beta).mean()
-                metrics["accuracy"] = ((rewards > 0) == correct).float()
+                metrics["accuracy"] = sign_accuracy(log_ratio, labels, tolerance)
             else:
                 z0 = self._kto_reference_point(model, inputs)
                 loss = implicit_prm_kto_loss(
                     log_ratio, labels, args.beta, z0, args.desirable_weight, args.undesirable_weight
                 ).mean()
-                metrics["accuracy"] = ((log_ratio.detach() > z0) == correct).float()
+                metrics["accuracy"] = sign_accuracy(log_ratio - z0, labels, tolerance)
                 metrics["kl"] = z0.reshape(1)
             self._log_metrics(mode, metrics)
         else:
@@ -386,7 +394,9 @@ class ImplicitPRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, KeepColu
                     "rewards/chosen": rewards[:n],
                     "rewards/rejected": rewards[n:],
                     "rewards/margins": rewards[:n] - rewards[n:],
-                    "accuracy": (rewards[:n] > rewards[n:]).float(),
+                    "accuracy": sign_accuracy(
+                        log_ratio[:n] - log_ratio[n:], torch.ones(n), tolerance[:n] + tolerance[n:]
+                    ),
                 },
             )
         return (loss, {"rewards": rewards}) if return_outputs else loss

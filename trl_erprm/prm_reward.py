@@ -104,7 +104,9 @@ class PRMReward:
     probability: ER-PRM's RAFT scores an untagged solution 0); `None` leaves it to GRPO, which ignores a `None`
     reward in its weighted sum. Steps past the PRM's `max_length` are not scored; the completion is aggregated over
     the steps that were. Logged through GRPO's `log_metric` (averaged over processes and logging steps):
-    `<name>/step_score/mean`, `<name>/steps_per_completion` and `<name>/no_step_fraction`.
+    `<name>/step_score/mean` (over the scored steps), `<name>/steps_per_completion` and `<name>/no_step_fraction`;
+    not when the trainer is a [`~trl_erprm.grpo.PRMGRPOTrainer`] whose PRM this is, which logs the same figures once,
+    as `prm/step_reward/mean`, `prm/steps_per_completion` and `prm/no_step_fraction`.
 
     Args:
         prm (`str`, scorer or [`~trl_erprm.ImplicitPRM`]):
@@ -368,13 +370,26 @@ class PRMReward:
         step_scores = self.score_steps(prompts, completions, column)
         rewards = self.aggregate(step_scores)
         log_metric = kwargs.get("log_metric")
-        if log_metric is not None and step_scores:
+        if log_metric is not None and step_scores and not self._step_figures_logged_by(log_metric):
             flat = [v for s in step_scores for v in s if not math.isnan(v)]
             if flat:
                 log_metric(f"{self.__name__}/step_score/mean", sum(flat) / len(flat))
             log_metric(f"{self.__name__}/steps_per_completion", sum(len(s) for s in step_scores) / len(step_scores))
             log_metric(f"{self.__name__}/no_step_fraction", sum(not s for s in step_scores) / len(step_scores))
         return rewards
+
+    def _step_figures_logged_by(self, log_metric) -> bool:
+        """Whether the trainer calling this reward logs its step figures itself: a PRMGRPOTrainer whose PRM this is
+        (`prm/step_reward/mean`, `prm/steps_per_completion`, `prm/no_step_fraction`, the same figures over the steps
+        that enter its advantages)."""
+        from ._compat import log_metric_owner
+
+        trainer = log_metric_owner(log_metric)
+        if getattr(trainer, "prm", None) is not self:
+            return False
+        from .grpo.prm_grpo_trainer import PRMGRPOTrainer
+
+        return isinstance(trainer, PRMGRPOTrainer)
 
     def __repr__(self) -> str:
         return (

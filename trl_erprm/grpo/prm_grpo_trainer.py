@@ -86,8 +86,12 @@ class PRMGRPOTrainer(ProcessAdvantageMixin, GRPOTrainer):
             `advantages` `(B, T)`, `grpo_advantages` `(B,)`, `step_rewards`, `step_ends`, `step_mask` `(B, S)`,
             `completion_ids`, `completion_mask`.
 
-    Logged metrics (train): `prm/step_reward/mean`, `prm/steps_per_completion`, `prm/no_step_fraction`,
-    `prm/advantages/mean`, `prm/advantages/std`.
+    Logged metrics (train), each figure once: `prm/step_reward/mean` and `prm/steps_per_completion` (over the steps
+    that enter the advantages, the `empty_step_reward` step of a completion without scored step included),
+    `prm/no_step_fraction` (completions in which the PRM scored no step), `prm/advantages/mean`, `prm/advantages/std`
+    (over the completion tokens with loss). When the PRM is also a reward function, GRPO logs its
+    `rewards/<name>/mean` and `std`; the [`~trl_erprm.PRMReward`] does not log its step figures again as
+    `<name>/step_score/mean`, `<name>/steps_per_completion`, `<name>/no_step_fraction`.
     """
 
     _tag_names = ["trl", "grpo", "process-supervision", "prm", "trl-erprm"]
