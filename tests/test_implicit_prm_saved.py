@@ -234,6 +234,33 @@ def test_a_peft_prm_records_the_adapter_reference(tokenizer, causal_lm_path, tmp
         assert got == pytest.approx(want["q_at_step_ends"], abs=1e-6)
 
 
+def test_prm_reward_reads_a_peft_implicit_prm_folder_with_the_default_prm_type(tokenizer, causal_lm_path, tmp_path):
+    """An adapter folder has no config.json of its own: its prm_config.json says what it is (was: 'Unrecognized
+    model ... Should have a model_type key' from PRMReward / PRMGRPOTrainer, while load_scorer read it)."""
+    from peft import LoraConfig
+
+    from trl_erprm.prm_reward import PRMReward
+
+    trainer = ImplicitPRMTrainer(
+        causal_lm_path,
+        args=_args(tmp_path / "out", max_steps=1),
+        train_dataset=Dataset.from_list(_rows(2)),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    )
+    trainer.train()
+    folder = str(tmp_path / "prm")
+    trainer.save_model(folder)
+    reward = PRMReward(folder, aggregation="last", device="cpu")
+    assert isinstance(reward.scorer, ImplicitPRMScorer) and reward.scorer.prm.reference_is_adapter
+    assert reward.scorer.prm.beta == BETA
+    completions = ["\n\n".join(steps) for steps in STEPS]
+    expected = ImplicitPRM(folder, ref_model="adapter", beta=BETA).score_steps(PROMPTS, STEPS)
+    got = reward(PROMPTS, completions)
+    assert any(abs(v) > 0 for v in got)
+    assert got == pytest.approx([r["q_at_step_ends"][-1] for r in expected], abs=1e-6)
+
+
 def test_best_of_n_with_the_default_prm_type_scores_the_implicit_prm(saved, tmp_path, caplog):
     folder = f"{saved}/prm"
     candidates = [["2 + 5 = 7.\n\nThe answer is 7.", "2 + 5 = 8.\n\nThe answer is 8."]]
