@@ -152,6 +152,26 @@ def test_without_prm_config_the_old_defaults_apply(saved, tmp_path):
     assert (prm.beta, prm.has_reference, prm.step_separator) == (0.05, False, "\n")
 
 
+def test_a_recorded_reference_folder_that_is_gone_names_the_file_field_and_fix(saved, causal_lm_path, tmp_path):
+    """The trainer records the reference's absolute folder: on another machine, or once the folder moved, scoring
+    says where that path came from and how to give the reference (was: 'folder not found: <path>' alone)."""
+    reference = tmp_path / "reference"
+    shutil.copytree(causal_lm_path, reference)
+    folder = tmp_path / "prm"
+    shutil.copytree(f"{saved}/prm", folder)
+    save_prm_config(str(folder), {**load_prm_config(str(folder)), "ref_model": str(reference)})
+    before = load_scorer(str(folder), device="cpu").score(PROMPTS, STEPS)
+    shutil.rmtree(reference)
+    with pytest.raises(ValueError) as error:
+        load_scorer(str(folder), device="cpu")
+    message = str(error.value)
+    assert str(folder / PRM_CONFIG_NAME) in message and f"ref_model={str(reference)!r}" in message
+    assert "folder not found" in message and "Pass the reference's folder or Hub id" in message
+    after = load_scorer(str(folder), ref_model=causal_lm_path, device="cpu").score(PROMPTS, STEPS)
+    for got, want in zip(after, before):  # the same weights from another folder: the same scores
+        assert got == pytest.approx(want, abs=1e-6)
+
+
 GOOD = {"head": "implicit", "beta": 0.1, "ref_model": None, "step_separator": "\n\n"}
 MISSING = object()
 
