@@ -152,6 +152,26 @@ def test_without_prm_config_the_old_defaults_apply(saved, tmp_path):
     assert (prm.beta, prm.has_reference, prm.step_separator) == (0.05, False, "\n")
 
 
+def test_a_recorded_reference_folder_that_is_gone_names_the_file_field_and_fix(saved, causal_lm_path, tmp_path):
+    """The trainer records the reference's absolute folder: on another machine, or once the folder moved, scoring
+    says where that path came from and how to give the reference (was: 'folder not found: <path>' alone)."""
+    reference = tmp_path / "reference"
+    shutil.copytree(causal_lm_path, reference)
+    folder = tmp_path / "prm"
+    shutil.copytree(f"{saved}/prm", folder)
+    save_prm_config(str(folder), {**load_prm_config(str(folder)), "ref_model": str(reference)})
+    before = load_scorer(str(folder), device="cpu").score(PROMPTS, STEPS)
+    shutil.rmtree(reference)
+    with pytest.raises(ValueError) as error:
+        load_scorer(str(folder), device="cpu")
+    message = str(error.value)
+    assert str(folder / PRM_CONFIG_NAME) in message and f"ref_model={str(reference)!r}" in message
+    assert "folder not found" in message and "Pass the reference's folder or Hub id" in message
+    after = load_scorer(str(folder), ref_model=causal_lm_path, device="cpu").score(PROMPTS, STEPS)
+    for got, want in zip(after, before):  # the same weights from another folder: the same scores
+        assert got == pytest.approx(want, abs=1e-6)
+
+
 GOOD = {"head": "implicit", "beta": 0.1, "ref_model": None, "step_separator": "\n\n"}
 MISSING = object()
 
@@ -232,6 +252,33 @@ def test_a_peft_prm_records_the_adapter_reference(tokenizer, causal_lm_path, tmp
     assert any(abs(v) > 0 for row in scores for v in row)
     for got, want in zip(scores, expected):
         assert got == pytest.approx(want["q_at_step_ends"], abs=1e-6)
+
+
+def test_prm_reward_reads_a_peft_implicit_prm_folder_with_the_default_prm_type(tokenizer, causal_lm_path, tmp_path):
+    """An adapter folder has no config.json of its own: its prm_config.json says what it is (was: 'Unrecognized
+    model ... Should have a model_type key' from PRMReward / PRMGRPOTrainer, while load_scorer read it)."""
+    from peft import LoraConfig
+
+    from trl_erprm.prm_reward import PRMReward
+
+    trainer = ImplicitPRMTrainer(
+        causal_lm_path,
+        args=_args(tmp_path / "out", max_steps=1),
+        train_dataset=Dataset.from_list(_rows(2)),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    )
+    trainer.train()
+    folder = str(tmp_path / "prm")
+    trainer.save_model(folder)
+    reward = PRMReward(folder, aggregation="last", device="cpu")
+    assert isinstance(reward.scorer, ImplicitPRMScorer) and reward.scorer.prm.reference_is_adapter
+    assert reward.scorer.prm.beta == BETA
+    completions = ["\n\n".join(steps) for steps in STEPS]
+    expected = ImplicitPRM(folder, ref_model="adapter", beta=BETA).score_steps(PROMPTS, STEPS)
+    got = reward(PROMPTS, completions)
+    assert any(abs(v) > 0 for v in got)
+    assert got == pytest.approx([r["q_at_step_ends"][-1] for r in expected], abs=1e-6)
 
 
 def test_best_of_n_with_the_default_prm_type_scores_the_implicit_prm(saved, tmp_path, caplog):

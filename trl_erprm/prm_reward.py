@@ -57,10 +57,13 @@ def prompt_text(prompt: str | list[dict], index: int = 0) -> str:
 
 
 def _check_prm_path(path: str, prm_type: str, trust_remote_code: bool) -> None:
-    """Refuse, before loading weights, a PRM path whose architecture no scorer reads."""
-    if prm_type == "implicit":
+    """Refuse, before loading weights, a PRM path whose architecture no scorer reads. A folder whose `prm_config.json`
+    records its head was saved by a trl-erprm trainer and is read as recorded (a PEFT adapter folder has no model
+    config to check)."""
+    from .models import load_config, load_prm_config
+
+    if prm_type == "implicit" or load_prm_config(path) is not None:
         return
-    from .models import load_config
 
     architectures = getattr(load_config(path, trust_remote_code=trust_remote_code), "architectures", None) or []
     if architectures and not any(a.endswith(_PRM_ARCHITECTURE_SUFFIXES) for a in architectures):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -390,6 +391,23 @@ def is_implicit_prm(
     return resolve_prm_type(model_name_or_path, prm_type, trust_remote_code)[0] == "implicit"
 
 
+def _check_recorded_reference(model_name_or_path: str, reference: str | None) -> None:
+    """A reference folder recorded in `prm_config.json` that is not here (moved, deleted, or written on another
+    machine) is an error naming the file, the field and the fix."""
+    from ..models import PRM_CONFIG_NAME, UNKNOWN_REFERENCE, check_model_path
+
+    if reference is None or reference in ("adapter", UNKNOWN_REFERENCE):
+        return
+    try:
+        check_model_path(reference)
+    except OSError as error:
+        raise ValueError(
+            f"{os.path.join(model_name_or_path, PRM_CONFIG_NAME)} records the reference ref_model={reference!r}, "
+            f"which cannot be loaded here ({error}). Pass the reference's folder or Hub id: load_scorer(..., "
+            "ref_model=...), --ref_model on the command line."
+        ) from error
+
+
 def load_scorer(
     model_name_or_path: str,
     prm_type: str = "auto",
@@ -462,7 +480,8 @@ def load_scorer(
     Raises:
         `ValueError`: For an unknown `prm_type`, an invalid `prm_config.json` (naming the file and the field), or an
             implicit PRM whose recorded reference is unknown ([`~trl_erprm.models.UNKNOWN_REFERENCE`], a reference
-            model that was built in memory) when no `ref_model` is given.
+            model that was built in memory) or a folder that is not here (moved, or the PRM copied to another
+            machine) when no `ref_model` is given.
     """
     from ..models import load_model, load_tokenizer
 
@@ -485,6 +504,9 @@ def load_scorer(
     fmt = {key: SCORER_DEFAULTS[key] if value is None else value for key, value in given.items()}
     if prm_type == "implicit":
         from ..implicit_prm import ImplicitPRM
+
+        if ref_model is None and recorded is not None:
+            _check_recorded_reference(model_name_or_path, fmt["ref_model"])
 
         prm = ImplicitPRM(
             model_name_or_path,
