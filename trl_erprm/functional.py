@@ -377,24 +377,20 @@ def implicit_prm_ce_loss(log_ratio: torch.Tensor, labels: torch.Tensor, beta: fl
     return F.binary_cross_entropy_with_logits(beta * log_ratio, labels.to(log_ratio.dtype), reduction="none")
 
 
-def log_ratio_tolerance(
-    logps: torch.Tensor,
-    ref_logps: torch.Tensor | None,
-    mask: torch.Tensor,
-    dtypes: Sequence[torch.dtype] = (),
-) -> torch.Tensor:
-    r"""Float noise of a [`sequence_log_ratio`]: below it, a log-ratio is rounding, not a verdict.
+def log_ratio_tolerance(logps: torch.Tensor, ref_logps: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    r"""Rounding noise of a [`sequence_log_ratio`]: below it, a log-ratio is arithmetic noise, not a verdict.
 
-    `tol = eps * sum_t mask_t * (max(1, |logps_t|) + max(1, |ref_logps_t|))`, `eps = torch.finfo(dtype).eps` of the
-    coarsest of `dtypes` and of `logps`' own dtype.
+    `tol = eps * sum_t mask_t * (max(1, |logps_t|) + max(1, |ref_logps_t|))`, `eps = torch.finfo(logps.dtype).eps`
+    (float32 for the log-probs of [`~trl_erprm.implicit_prm.completion_logps`]).
 
     Why: a log-prob computed in precision `eps` is off by about `eps` times its magnitude, and never by less than `eps`
-    (a log-softmax subtracts O(1) numbers, so a log-prob near 0 still carries their rounding). Two computations of
-    the same log-probs (the PRM equal to its reference, run with other batch shapes, chunks or kernels) differ by at
-    most the sum of their two errors per token, and the sum over the completion adds those up at most linearly (the
-    forward error bound of a sum, assuming no cancellation; independent roundings grow like `sqrt(T)`, so the bound
-    holds with room). In float32 this is ~1e-6 for a few tokens; in bfloat16 (`eps = 2**-7`) it is wide: such a PRM
-    cannot resolve a smaller log-ratio.
+    (a log-softmax subtracts O(1) numbers). Two computations of the same log-probs (the PRM equal to its reference,
+    scored with other batch shapes, chunks or kernels) differ by at most the sum of their two errors per token, and
+    the sum over the completion adds those up at most linearly (independent roundings grow like `sqrt(T)`, so the
+    bound holds with room). It is ~1e-5 nats for hundreds of tokens. It deliberately follows the precision of the
+    log-prob arithmetic, not of the forward pass: a bound in bfloat16's `eps = 2**-7` would be nats wide and would
+    read a PRM that already ranks correctly as a tie, so the larger differences between two bfloat16 forward passes
+    of identical weights are not absorbed (they can move an untrained PRM's accuracy a little off 1/2).
 
     Args:
         logps (`torch.Tensor`):
@@ -403,15 +399,11 @@ def log_ratio_tolerance(
             Shape `(B, T)`, or `None` for the reference-free variant (only the PRM's rounding then).
         mask (`torch.Tensor`):
             Completion mask of shape `(B, T)`.
-        dtypes (`Sequence[torch.dtype]`, *optional*, defaults to `()`):
-            The precisions the log-probs were computed in (the models' weights, the autocast dtype); non-floating
-            ones are ignored.
 
     Returns:
         `torch.Tensor`: Shape `(B,)`, float32, >= 0.
     """
-    floating = [d for d in (*dtypes, logps.dtype) if d.is_floating_point]
-    eps = max(torch.finfo(d).eps for d in floating)
+    eps = torch.finfo(logps.dtype).eps
     scale = logps.detach().float().abs().clamp(min=1.0)
     if ref_logps is not None:
         scale = scale + ref_logps.detach().float().abs().clamp(min=1.0)

@@ -30,7 +30,7 @@ from .functional import (
 from .implicit_prm import ImplicitPRM, completion_logps
 from .implicit_prm_config import ImplicitPRMConfig
 from .model_card import PRMModelCardMixin, implicit_prm_snippets, model_source, shown_name
-from .models import UNKNOWN_REFERENCE, compute_dtypes, load_model, load_tokenizer, save_prm_config
+from .models import UNKNOWN_REFERENCE, load_model, load_tokenizer, save_prm_config
 
 
 #: The pairwise losses by name: `(chosen_log_ratio (P,), rejected_log_ratio (P,), beta) -> (P,)`.
@@ -364,10 +364,7 @@ class ImplicitPRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, KeepColu
         log_ratio = sequence_log_ratio(logps, ref_logps, mask)
         rewards = (self.args.beta * log_ratio).detach()
         # accuracy: the sign of a margin against the label, a margin within float noise a tie counting 1/2
-        dtypes = compute_dtypes(
-            self._scorer.model, self._scorer.ref_model, mixed_precision=self.accelerator.mixed_precision
-        )
-        tolerance = log_ratio_tolerance(logps, ref_logps, mask, dtypes)
+        tolerance = log_ratio_tolerance(logps, ref_logps, mask)
         mode = "train" if model.training else "eval"
         args = self.args
         if args.loss_type in ("ce", "kto"):

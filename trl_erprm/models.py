@@ -36,7 +36,6 @@ __all__ = [
     "PRM_HEADS",
     "UNKNOWN_REFERENCE",
     "check_model_path",
-    "compute_dtypes",
     "load_config",
     "load_model",
     "load_prm_config",
@@ -77,25 +76,6 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
     if not isinstance(value, torch.dtype):
         raise ValueError(f"dtype {dtype!r} is not a dtype: use one of {list(DTYPES)} or a torch.dtype.")
     return value
-
-
-def compute_dtypes(*models: torch.nn.Module | None, mixed_precision: str = "no") -> list[torch.dtype]:
-    """The floating-point precisions a forward pass of the models runs in: their parameters' dtypes and the autocast
-    dtype of accelerate's mixed precision (e.g. the precision of log-probs, see
-    [`~trl_erprm.functional.log_ratio_tolerance`]).
-
-    Args:
-        *models (`torch.nn.Module` or `None`):
-            The models (`None` entries are skipped).
-        mixed_precision (`str`, *optional*, defaults to `"no"`):
-            `Accelerator.mixed_precision`: `"bf16"` and `"fp16"` add their dtype.
-
-    Returns:
-        `list[torch.dtype]`: The distinct floating dtypes (quantized integer weights are left out).
-    """
-    dtypes = {p.dtype for m in models if m is not None for p in m.parameters() if p.dtype.is_floating_point}
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
-    return sorted(dtypes | ({autocast} if autocast else set()), key=str)
 
 
 def _looks_local(name: str) -> bool:

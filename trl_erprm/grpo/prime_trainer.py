@@ -20,7 +20,6 @@ from ..functional import (
     weighted_outcome,
 )
 from ..implicit_prm import _eval_mode, completion_logps
-from ..models import compute_dtypes
 from .mixin import ProcessAdvantageMixin
 from .prime_config import PRIMEConfig
 from .prm_checkpoint import (
@@ -104,7 +103,7 @@ class PRIMETrainer(ProcessAdvantageMixin, GRPOTrainer):
             indices), `ref_logps` `(n_kept, T)` or `None`, `input_ids`, `attention_mask`, `completion_mask`.
 
     Logged metrics (train): `prime/prm_loss`, `prime/prm_accuracy_before`, `prime/prm_accuracy_after` (sign of the
-    implicit outcome reward against the label; a log-ratio within the float noise of its summed log-probs is a tie
+    implicit outcome reward against the label; a log-ratio within the rounding noise of its summed log-probs is a tie
     and counts 1/2, see [`~trl_erprm.functional.sign_accuracy`] and [`~trl_erprm.functional.log_ratio_tolerance`]),
     `prime/prm_grad_norm`, `prime/process_reward/mean`, `prime/process_reward/std`, `prime/kept_fraction`,
     `prime/unscorable_fraction`.
@@ -364,15 +363,6 @@ class PRIMETrainer(ProcessAdvantageMixin, GRPOTrainer):
             chunks.append(logps.detach())
         return torch.cat(chunks) if chunks else torch.zeros(0, T, device=ids.device)
 
-    def _logps_dtypes(self) -> list[torch.dtype]:
-        """Precisions of the PRM's log-probs and of its reference's (the policy's, or GRPO's reference model's)."""
-        models = [self.prm.model, getattr(self.prm, "ref_model", None)]
-        if self.args.reference == "policy":
-            models.append(self.accelerator.unwrap_model(self.model))
-        elif self.reuse_ref_logps:
-            models.append(self.ref_model)
-        return compute_dtypes(*models, mixed_precision=self.accelerator.mixed_precision)
-
     def _prm_stats(self, logps, ref, mask, labels) -> tuple[float, float]:
         """Global CE loss and accuracy over the kept rows. A sample is classified correctly when the sign of its
         implicit outcome reward matches its label; a tie counts one half, chance level (see
@@ -385,7 +375,7 @@ class PRIMETrainer(ProcessAdvantageMixin, GRPOTrainer):
         log_ratio = sequence_log_ratio(logps, ref, mask)
         labels = labels.to(logps.device)
         loss = implicit_prm_ce_loss(log_ratio, labels, self.prm.beta).sum().item()
-        tolerance = log_ratio_tolerance(logps, ref, mask, self._logps_dtypes())
+        tolerance = log_ratio_tolerance(logps, ref, mask)
         correct = sign_accuracy(log_ratio, labels, tolerance).sum().item()
         return self.global_mean(loss, len(labels)), self.global_mean(correct, len(labels))
 
