@@ -30,7 +30,7 @@ from .functional import (
 from .implicit_prm import ImplicitPRM, completion_logps
 from .implicit_prm_config import ImplicitPRMConfig
 from .model_card import PRMModelCardMixin, implicit_prm_snippets, model_source, shown_name
-from .models import UNKNOWN_REFERENCE, load_model, load_tokenizer, save_prm_config
+from .models import UNKNOWN_REFERENCE, load_model, load_tokenizer
 
 
 #: The pairwise losses by name: `(chosen_log_ratio (P,), rejected_log_ratio (P,), beta) -> (P,)`.
@@ -194,7 +194,8 @@ class ImplicitPRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, KeepColu
                 self.eval_dataset = self._precompute_ref_logps(self.eval_dataset, "eval", eval_batch)
 
     def saved_prm_config(self) -> dict:
-        """How this PRM is scored, written to `prm_config.json` with every saved model ([`save_model`]).
+        """How this PRM is scored, written to `prm_config.json` with every saved model (`save_model`); warns once when
+        the reference has no Hub id or folder.
 
         The trainer scores whole completions and has no step separator of its own: the recorded `step_separator` is
         [`ImplicitPRM`]'s default (`"\\n\\n"`), the one the model card's snippet uses. The reference is the one
@@ -206,6 +207,15 @@ class ImplicitPRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, KeepColu
             `dict`: `head` (`"implicit"`), `beta`, `ref_model`, `step_separator`, `max_length` and the trainer's name
             (see [`~trl_erprm.models.save_prm_config`]).
         """
+        if not self._card_reference and not self._warned_unknown_reference:
+            self._warned_unknown_reference = True
+            warnings.warn(
+                "ImplicitPRMTrainer: the reference model was built in memory (no Hub id or folder), so "
+                f"prm_config.json records ref_model={UNKNOWN_REFERENCE!r} and load_scorer will ask for "
+                "ref_model=<its folder>. Save the reference (save_pretrained) and pass its folder as ref_model to "
+                "record it.",
+                stacklevel=3,
+            )
         return {
             "head": "implicit",
             "beta": self.args.beta,
@@ -214,33 +224,6 @@ class ImplicitPRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, KeepColu
             "max_length": self.args.max_length,
             "trainer": type(self).__name__,
         }
-
-    def save_model(self, output_dir: str | None = None, **kwargs) -> None:
-        """Save the model and tokenizer as [`~transformers.Trainer.save_model`] does, plus `prm_config.json`.
-
-        [`~trl_erprm.evaluation.scorers.load_scorer`] reads `prm_config.json` ([`saved_prm_config`]) to score the
-        folder as an implicit PRM with its `beta` and reference, with no flag. Checkpoints get it too. A reference
-        with no Hub id or folder is recorded as unknown, with a warning.
-
-        Args:
-            output_dir (`str`, *optional*):
-                Folder to save to; defaults to `args.output_dir`.
-            **kwargs:
-                Passed to [`~transformers.Trainer.save_model`].
-        """
-        super().save_model(output_dir, **kwargs)
-        if self.args.should_save:
-            config = self.saved_prm_config()
-            if config["ref_model"] == UNKNOWN_REFERENCE and not self._warned_unknown_reference:
-                self._warned_unknown_reference = True
-                warnings.warn(
-                    "ImplicitPRMTrainer: the reference model was built in memory (no Hub id or folder), so "
-                    f"prm_config.json records ref_model={UNKNOWN_REFERENCE!r} and load_scorer will ask for "
-                    "ref_model=<its folder>. Save the reference (save_pretrained) and pass its folder as ref_model to "
-                    "record it.",
-                    stacklevel=2,
-                )
-            save_prm_config(output_dir or self.args.output_dir, config)
 
     def card_summary(self) -> tuple[str, list[tuple[str, str]]]:
         """The card's summary: an implicit PRM, its loss, reference and beta.

@@ -17,6 +17,8 @@ import textwrap
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .models import save_prm_config
+
 
 __all__ = [
     "PRMModelCardMixin",
@@ -304,13 +306,39 @@ class PRMModelCardMixin:
     and how to score steps with it (see the module docstring). Put it before the trainer base class in the bases.
 
     A trainer supplies [`card_summary`] and [`card_snippets`]; `_tag_names`, `_name` and `_paper` (TRL's model-card
-    attributes) give the tags, the trainer's name and the citation.
+    attributes) give the tags, the trainer's name and the citation. It also supplies [`saved_prm_config`]: how the
+    saved PRM is scored, which [`save_model`] writes to `prm_config.json` beside the weights.
     """
 
     #: Extra citations after the trainer's own paper.
     _extra_citations: tuple[str, ...] = ()
     #: `pipeline_tag` of the card's metadata.
     _pipeline_tag: str | None = None
+
+    def saved_prm_config(self) -> dict | None:
+        """How the saved PRM is scored (see [`~trl_erprm.models.save_prm_config`]); `None` writes no file.
+
+        Returns:
+            `dict` or `None`: The fields of `prm_config.json`.
+        """
+        return None
+
+    def save_model(self, output_dir: str | None = None, **kwargs) -> None:
+        """Save the model and tokenizer as [`~transformers.Trainer.save_model`] does, plus `prm_config.json`
+        ([`saved_prm_config`]), main process only. The scorers
+        ([`~trl_erprm.evaluation.scorers.load_scorer`]) read it to score the folder as it was trained, with no flag.
+        Checkpoints get it too.
+
+        Args:
+            output_dir (`str`, *optional*):
+                Folder to save to; defaults to `args.output_dir`.
+            **kwargs:
+                Passed to [`~transformers.Trainer.save_model`].
+        """
+        super().save_model(output_dir, **kwargs)
+        config = self.saved_prm_config() if self.args.should_save else None
+        if config is not None:
+            save_prm_config(output_dir or self.args.output_dir, config)
 
     def card_summary(self) -> tuple[str, list[tuple[str, str]]]:
         """What the PRM is: a summary paragraph and `(name, value)` facts beyond base model, data and trainer.

@@ -47,7 +47,6 @@ from ..data.stepwise import (
     tokenize_train_and_eval,
 )
 from ..model_card import PRMModelCardMixin, token_classification_snippets
-from ..models import save_prm_config
 from .prm_config import PRMConfig
 
 
@@ -331,7 +330,7 @@ class PRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, BaseTrainer):
         return {"input_ids": input_ids, "labels": labels}
 
     def saved_prm_config(self) -> dict:
-        """How this PRM reads steps, written to `prm_config.json` with every saved model ([`save_model`]).
+        """How this PRM reads steps, written to `prm_config.json` with every saved model (`save_model`).
 
         Returns:
             `dict`: `head`, `step_separator`, `max_length` and the trainer's name (see
@@ -343,22 +342,6 @@ class PRMTrainer(PRMModelCardMixin, ModelCardOnCheckpointMixin, BaseTrainer):
             "max_length": self.args.max_length,
             "trainer": type(self).__name__,
         }
-
-    def save_model(self, output_dir: str | None = None, **kwargs) -> None:
-        """Save the model and tokenizer as [`~transformers.Trainer.save_model`] does, plus `prm_config.json`.
-
-        The scorers ([`~trl_erprm.evaluation.scorers.load_scorer`]) read `prm_config.json` to lay out steps exactly as
-        in training, with no flag. Checkpoints get it too.
-
-        Args:
-            output_dir (`str`, *optional*):
-                Folder to save to; defaults to `args.output_dir`.
-            **kwargs:
-                Passed to [`~transformers.Trainer.save_model`].
-        """
-        super().save_model(output_dir, **kwargs)
-        if self.args.should_save:
-            save_prm_config(output_dir or self.args.output_dir, self.saved_prm_config())
 
     def card_summary(self) -> tuple[str, list[tuple[str, str]]]:
         """The card's summary of a token-classification PRM (see [`~trl_erprm.model_card.PRMModelCardMixin`]).
