@@ -230,9 +230,12 @@ def test_an_in_memory_reference_is_recorded_as_unknown_and_refused(tokenizer, ca
     assert "ref_model='<unknown>'" in card_code and "ref_model=None" not in card_code
 
 
-def test_a_peft_prm_records_the_adapter_reference(tokenizer, causal_lm_path, tmp_path):
+@pytest.fixture(scope="module")
+def lora_folder(tmp_path_factory, tokenizer, causal_lm_path) -> str:
+    """A LoRA implicit PRM trained one step and saved: an adapter folder (no config.json of its own)."""
     from peft import LoraConfig
 
+    tmp_path = tmp_path_factory.mktemp("lora_implicit")
     trainer = ImplicitPRMTrainer(
         causal_lm_path,
         args=_args(tmp_path / "out", max_steps=1),
@@ -243,6 +246,11 @@ def test_a_peft_prm_records_the_adapter_reference(tokenizer, causal_lm_path, tmp
     trainer.train()
     folder = str(tmp_path / "prm")
     trainer.save_model(folder)
+    return folder
+
+
+def test_a_peft_prm_records_the_adapter_reference(lora_folder):
+    folder = lora_folder
     assert os.path.isfile(os.path.join(folder, "adapter_config.json"))
     assert load_prm_config(folder)["ref_model"] == "adapter"
     scorer = load_scorer(folder, device="cpu")
@@ -254,23 +262,12 @@ def test_a_peft_prm_records_the_adapter_reference(tokenizer, causal_lm_path, tmp
         assert got == pytest.approx(want["q_at_step_ends"], abs=1e-6)
 
 
-def test_prm_reward_reads_a_peft_implicit_prm_folder_with_the_default_prm_type(tokenizer, causal_lm_path, tmp_path):
+def test_prm_reward_reads_a_peft_implicit_prm_folder_with_the_default_prm_type(lora_folder):
     """An adapter folder has no config.json of its own: its prm_config.json says what it is (was: 'Unrecognized
     model ... Should have a model_type key' from PRMReward / PRMGRPOTrainer, while load_scorer read it)."""
-    from peft import LoraConfig
-
     from trl_erprm.prm_reward import PRMReward
 
-    trainer = ImplicitPRMTrainer(
-        causal_lm_path,
-        args=_args(tmp_path / "out", max_steps=1),
-        train_dataset=Dataset.from_list(_rows(2)),
-        processing_class=tokenizer,
-        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
-    )
-    trainer.train()
-    folder = str(tmp_path / "prm")
-    trainer.save_model(folder)
+    folder = lora_folder
     reward = PRMReward(folder, aggregation="last", device="cpu")
     assert isinstance(reward.scorer, ImplicitPRMScorer) and reward.scorer.prm.reference_is_adapter
     assert reward.scorer.prm.beta == BETA
